@@ -1,0 +1,45 @@
+/* The HTTP surface: libmicrohttpd in epoll mode with suspend/resume. A
+ * request that must wait (a commit, a long-poll) suspends its connection and
+ * is resumed by the event it waits for; no thread ever waits for a client. */
+#ifndef FUTURED_API_SERVER_H
+#define FUTURED_API_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+struct sched;
+struct writer;
+struct iopool;
+struct procpool;
+struct api;
+
+struct api_options {
+        int listen_fd;                  /* a bound, listening socket; the api owns it */
+        unsigned threads;               /* libmicrohttpd worker threads */
+        unsigned max_connections;
+        unsigned connection_timeout;    /* seconds of client silence */
+        size_t max_body;                /* bytes; 413 past this */
+        double max_wait;                /* seconds; the cap of ?wait= */
+        double default_timeout;         /* seconds; a job spec without "timeout" */
+};
+
+/* The parts the handlers read; none is owned by the api. */
+struct api_deps {
+        struct store *store;
+        struct sched *sched;
+        struct writer *writer;
+        struct iopool *iopool;
+        struct procpool *procpool;
+        double started_at;              /* task_monotonic() at start, for uptime */
+};
+
+int api_start(const struct api_options *o, const struct api_deps *d, struct api **ret);
+/* The scheduler's on_finished: wakes every waiter on job id. Any thread. */
+void api_job_finished(int64_t id, void *api);
+/* Stops accepting connections and answers every suspended request now. */
+void api_quiesce(struct api *a);
+/* Closes every connection and frees. Accepts NULL. */
+void api_stop(struct api *a);
+
+#endif

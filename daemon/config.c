@@ -1,0 +1,313 @@
+/* Settings: one table of keys drives the INI file, the flags and --help.
+ *
+ * A key "io_threads" in section [pools] is the flag --io-threads; names are
+ * unique across sections so that mapping is one-to-one. Values are checked
+ * against the key's bounds wherever they come from, and the first bad one
+ * stops the daemon with "where: what" before anything starts. */
+#include "daemon/config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <ini.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon/log.h"
+
+enum cfg_type { CFG_STRING, CFG_UINT, CFG_SIZE, CFG_SECONDS, CFG_SYNC, CFG_LOG_LEVEL };
+
+struct cfg_key {
+        const char *section;
+        const char *name;
+        enum cfg_type type;
+        size_t offset;
+        size_t size;            /* CFG_STRING: the buffer's size */
+        double min, max;
+        const char *help;
+};
+
+#define KEY(sec, field, t, lo, hi, h) \
+        { sec, #field, t, offsetof(struct config, field), \
+          sizeof(((struct config *)0)->field), lo, hi, h }
+
+static const struct cfg_key cfg_keys[] = {
+        KEY("server", listen, CFG_STRING, 0, 0,
+            "ADDR:PORT or unix:PATH to listen on"),
+        KEY("server", http_threads, CFG_UINT, 1, 64, "HTTP worker threads"),
+        KEY("server", max_connections, CFG_UINT, 1, 1000000, "open connections at most"),
+        KEY("server", connection_timeout, CFG_UINT, 1, 86400,
+            "seconds a silent client keeps its connection"),
+        KEY("server", max_body, CFG_SIZE, 1024, 1073741824.0,
+            "largest request body in bytes (K, M, G suffixes)"),
+        KEY("server", max_wait, CFG_SECONDS, 0, 86400, "longest ?wait= in seconds"),
+        KEY("store", db, CFG_STRING, 0, 0, "SQLite database file"),
+        KEY("store", sync_full, CFG_SYNC, 0, 0,
+            "synchronous: full (survives power loss) or normal (survives a crash)"),
+        KEY("pools", io_threads, CFG_UINT, 1, 4096, "I/O pool threads"),
+        KEY("pools", cpu_workers, CFG_UINT, 1, 1024, "CPU worker processes"),
+        KEY("jobs", default_timeout, CFG_SECONDS, 0.001, 86400,
+            "timeout of a job that gives none, in seconds"),
+        KEY("jobs", max_pending, CFG_SIZE, 1, 1e9, "pending jobs at most before 429"),
+        KEY("jobs", retry_base, CFG_SECONDS, 0.001, 3600, "first retry backoff in seconds"),
+        KEY("jobs", retry_max, CFG_SECONDS, 0.001, 86400, "longest retry backoff in seconds"),
+        KEY("jobs", shutdown_grace, CFG_SECONDS, 0, 3600,
+            "seconds running jobs get to finish at shutdown"),
+        KEY("log", log_level, CFG_LOG_LEVEL, 0, 0, "error, warning, notice, info or debug"),
+};
+
+#define N_KEYS (sizeof(cfg_keys) / sizeof(cfg_keys[0]))
+
+/* The config file key of sync_full reads better as "synchronous". */
+static const char *key_name(const struct cfg_key *k)
+{
+        return k->type == CFG_SYNC ? "synchronous" : k->name;
+}
+
+void config_defaults(struct config *ret)
+{
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+
+        if (cores < 1)
+                cores = 1;
+        *ret = (struct config){
+                .listen = "127.0.0.1:7700",
+                .db = "futured.db",
+                .http_threads = 2,
+                .max_connections = 4096,
+                .connection_timeout = 60,
+                .max_body = 1 << 20,
+                .max_wait = 300,
+                .sync_full = true,
+                /* I/O-bound work waits, so it wants a multiple of the cores;
+                 * CPU-bound work wants exactly one process per core. */
+                .io_threads = (unsigned)(4 * cores),
+                .cpu_workers = (unsigned)cores,
+                .default_timeout = 300,
+                .max_pending = 1000000,
+                .retry_base = 1,
+                .retry_max = 300,
+                .shutdown_grace = 10,
+                .log_level = LOG_INFO,
+        };
+}
+
+static int parse_number(const char *v, bool size_suffix, double *ret)
+{
+        char *end;
+        double d;
+
+        errno = 0;
+        d = strtod(v, &end);
+        if (end == v || errno != 0 || !isfinite(d))
+                return -EINVAL;
+        if (size_suffix && *end) {
+                static const char suffixes[] = "KMG";
+                const char *p = strchr(suffixes, *end);
+
+                if (!p || !*p)
+                        return -EINVAL;
+                d *= (double)(1ull << (10 * (p - suffixes + 1)));
+                end++;
+        }
+        if (*end)
+                return -EINVAL;
+        *ret = d;
+        return 0;
+}
+
+/* Stores value v into the key's field; on error fills err with what is wrong. */
+static int key_set(const struct cfg_key *k, struct config *c, const char *v, char *err,
+                   size_t errlen)
+{
+        char *field = (char *)c + k->offset;
+        double d = 0;
+        int r;
+
+        switch (k->type) {
+        case CFG_STRING:
+                if (!*v || strlen(v) >= k->size) {
+                        snprintf(err, errlen, "%s must be 1 to %zu characters", key_name(k),
+                                 k->size - 1);
+                        return -EINVAL;
+                }
+                memcpy(field, v, strlen(v) + 1);
+                return 0;
+        case CFG_SYNC:
+                if (strcmp(v, "full") != 0 && strcmp(v, "normal") != 0) {
+                        snprintf(err, errlen, "synchronous must be full or normal, not '%s'", v);
+                        return -EINVAL;
+                }
+                *(bool *)field = strcmp(v, "full") == 0;
+                return 0;
+        case CFG_LOG_LEVEL:
+                r = log_level_parse(v);
+                if (r < 0) {
+                        snprintf(err, errlen,
+                                 "log_level must be error, warning, notice, info or debug, not '%s'",
+                                 v);
+                        return r;
+                }
+                *(int *)field = r;
+                return 0;
+        case CFG_UINT:
+        case CFG_SIZE:
+        case CFG_SECONDS:
+                break;
+        }
+
+        r = parse_number(v, k->type == CFG_SIZE, &d);
+        if (r == 0 && k->type != CFG_SECONDS && d != floor(d))
+                r = -EINVAL;
+        if (r < 0 || d < k->min || d > k->max) {
+                snprintf(err, errlen, "%s must be %s from %g to %g, not '%s'", key_name(k),
+                         k->type == CFG_SECONDS ? "a number" : "an integer", k->min, k->max, v);
+                return -EINVAL;
+        }
+        if (k->type == CFG_UINT)
+                *(unsigned *)field = (unsigned)d;
+        else if (k->type == CFG_SIZE)
+                *(size_t *)field = (size_t)d;
+        else
+                *(double *)field = d;
+        return 0;
+}
+
+struct ini_state {
+        struct config *config;
+        char *err;
+        size_t errlen;
+};
+
+static int config_ini_line(void *user, const char *section, const char *name, const char *value)
+{
+        struct ini_state *st = user;
+
+        for (size_t i = 0; i < N_KEYS; i++)
+                if (strcmp(section, cfg_keys[i].section) == 0 &&
+                    strcmp(name, key_name(&cfg_keys[i])) == 0)
+                        return key_set(&cfg_keys[i], st->config, value, st->err, st->errlen) == 0;
+        snprintf(st->err, st->errlen, "unknown key '%s' in section [%s]", name, section);
+        return 0;
+}
+
+static int config_load_file(const char *path, struct config *c, char *err, size_t errlen)
+{
+        char why[256] = "";
+        struct ini_state st = { c, why, sizeof(why) };
+        int line = ini_parse(path, config_ini_line, &st);
+
+        if (line == -1) {
+                snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+                return -EINVAL;
+        }
+        if (line != 0) {
+                snprintf(err, errlen, "%s:%d: %s", path, line, why[0] ? why : "syntax error");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static void config_usage(void)
+{
+        printf("Usage: futured [-c FILE] [OPTION...]\n"
+               "Runs jobs submitted as JSON over HTTP, durably, in the foreground.\n\n"
+               "  -c, --config FILE         read settings from this INI file first\n"
+               "  -h, --help                show this help and exit\n"
+               "  -V, --version             show the version and exit\n");
+        for (size_t i = 0; i < N_KEYS; i++) {
+                char flag[64];
+
+                snprintf(flag, sizeof(flag), "--%s", cfg_keys[i].name);
+                for (char *p = flag; *p; p++)
+                        if (*p == '_')
+                                *p = '-';
+                printf("      %-20s  [%s] %s: %s\n", flag, cfg_keys[i].section,
+                       key_name(&cfg_keys[i]), cfg_keys[i].help);
+        }
+        printf("\nFlags win over the file; the file wins over the defaults.\n");
+}
+
+int config_parse(int argc, char **argv, struct config *ret, char *err, size_t errlen)
+{
+        /* Flag names live in a static buffer that getopt keeps pointing at. */
+        static char names[N_KEYS][64];
+        struct option opts[N_KEYS + 4];
+        const char *config_file = NULL;
+        struct config c;
+        int r, o;
+
+        config_defaults(&c);
+        for (size_t i = 0; i < N_KEYS; i++) {
+                snprintf(names[i], sizeof(names[i]), "%s", cfg_keys[i].name);
+                for (char *p = names[i]; *p; p++)
+                        if (*p == '_')
+                                *p = '-';
+                opts[i] = (struct option){ names[i], required_argument, NULL, 256 + (int)i };
+        }
+        opts[N_KEYS] = (struct option){ "config", required_argument, NULL, 'c' };
+        opts[N_KEYS + 1] = (struct option){ "help", no_argument, NULL, 'h' };
+        opts[N_KEYS + 2] = (struct option){ "version", no_argument, NULL, 'V' };
+        opts[N_KEYS + 3] = (struct option){ 0 };
+
+        /* First pass: only -c, -h and -V, so the file is read before the
+         * flags that override it. */
+        opterr = 0;
+        optind = 1;
+        while ((o = getopt_long(argc, argv, "+c:hV", opts, NULL)) != -1) {
+                switch (o) {
+                case 'c':
+                        config_file = optarg;
+                        break;
+                case 'h':
+                        config_usage();
+                        return 1;
+                case 'V':
+                        printf("futured %s\n", PACKAGE_VERSION);
+                        return 1;
+                case '?':
+                        if (optopt)
+                                snprintf(err, errlen, "unknown option '-%c' (see --help)", optopt);
+                        else
+                                snprintf(err, errlen, "unknown option '%s' (see --help)",
+                                         argv[optind - 1]);
+                        return -EINVAL;
+                case ':':
+                        snprintf(err, errlen, "option '%s' needs a value", argv[optind - 1]);
+                        return -EINVAL;
+                default:
+                        break;
+                }
+        }
+        if (optind < argc) {
+                snprintf(err, errlen, "unexpected argument '%s' (see --help)", argv[optind]);
+                return -EINVAL;
+        }
+        if (config_file) {
+                r = config_load_file(config_file, &c, err, errlen);
+                if (r < 0)
+                        return r;
+        }
+
+        optind = 1;
+        while ((o = getopt_long(argc, argv, "+c:hV", opts, NULL)) != -1) {
+                char why[256];
+
+                if (o < 256)
+                        continue;
+                r = key_set(&cfg_keys[o - 256], &c, optarg, why, sizeof(why));
+                if (r < 0) {
+                        snprintf(err, errlen, "--%s: %s", names[o - 256], why);
+                        return r;
+                }
+        }
+        if (c.retry_base > c.retry_max) {
+                snprintf(err, errlen, "retry_base (%g) must not exceed retry_max (%g)",
+                         c.retry_base, c.retry_max);
+                return -EINVAL;
+        }
+        *ret = c;
+        return 0;
+}

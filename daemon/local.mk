@@ -1,0 +1,9 @@
+libfutured_a_SOURCES += \
+	daemon/config.c daemon/config.h \
+	daemon/log.c daemon/log.h \
+	daemon/listen.c daemon/listen.h \
+	daemon/scheduler.c daemon/scheduler.h \
+	daemon/iopool.c daemon/iopool.h \
+	daemon/procpool.c daemon/procpool.h \
+	daemon/frame.c daemon/frame.h \
+	daemon/worker.c daemon/worker.h

@@ -1,0 +1,262 @@
+/* futured: process life.
+ *
+ * Start-up order matters. Worker mode is decided before anything else, so a
+ * CPU worker never runs the daemon's start-up. Signals are blocked before the
+ * first thread so every thread inherits the mask and only this thread reads
+ * them (sigwaitinfo). The store is recovered before the writer starts, and
+ * READY=1 is sent only once the listener accepts. Shutdown runs the same
+ * chain backwards: stop accepting, answer the waiting, drain the pools,
+ * close the store. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "api/server.h"
+#include "daemon/config.h"
+#include "daemon/iopool.h"
+#include "daemon/listen.h"
+#include "daemon/log.h"
+#include "daemon/procpool.h"
+#include "daemon/scheduler.h"
+#include "daemon/worker.h"
+#include "storage/store.h"
+#include "storage/writer.h"
+#include "tasks/task.h"
+
+struct recovered {
+        struct job **jobs;
+        size_t n, cap;
+};
+
+static int recovered_add(struct job *j, void *userdata)
+{
+        struct recovered *rec = userdata;
+
+        if (rec->n == rec->cap) {
+                size_t cap = rec->cap ? 2 * rec->cap : 256;
+                struct job **jobs = realloc(rec->jobs, cap * sizeof(*jobs));
+
+                if (!jobs) {
+                        job_free(j);
+                        return -ENOMEM;
+                }
+                rec->jobs = jobs;
+                rec->cap = cap;
+        }
+        rec->jobs[rec->n++] = j;
+        return 0;
+}
+
+/* The scheduler exists before the api, so its completion events go through
+ * this pointer, set once the api is up and cleared before it goes. */
+static struct api *the_api;
+
+static void on_job_finished(int64_t id, void *userdata)
+{
+        struct api *a = __atomic_load_n(&the_api, __ATOMIC_ACQUIRE);
+
+        if (a)
+                api_job_finished(id, a);
+}
+
+static int open_listener(const struct config *c, int *ret)
+{
+        char where[300];
+        int r = listen_inherited(ret);
+
+        if (r < 0)
+                return log_errno(LOG_ERR, r, "inherited socket (LISTEN_FDS) unusable");
+        if (r == 0) {
+                r = listen_open(c->listen, ret);
+                if (r < 0)
+                        return log_errno(LOG_ERR, r, "cannot listen on %s", c->listen);
+        }
+        listen_describe(*ret, where, sizeof(where));
+        log_notice("listening on %s", where);
+        return 0;
+}
+
+static int wait_for_stop(void)
+{
+        sigset_t set;
+        siginfo_t si;
+
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGHUP);
+        for (;;) {
+                int sig = sigwaitinfo(&set, &si);
+
+                if (sig < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return log_errno(LOG_ERR, -errno, "sigwaitinfo");
+                }
+                if (sig == SIGHUP) {
+                        log_notice("SIGHUP: nothing is reloaded at run time; restart to apply a new configuration");
+                        continue;
+                }
+                log_notice("%s: shutting down", strsignal(sig));
+                return 0;
+        }
+}
+
+static void block_signals(void)
+{
+        sigset_t set;
+
+        /* SIGCHLD stays blocked, not ignored: the CPU pool reaps its own
+         * workers by pid and needs their exit status. */
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGHUP);
+        sigaddset(&set, SIGCHLD);
+        pthread_sigmask(SIG_BLOCK, &set, NULL);
+        signal(SIGPIPE, SIG_IGN);
+}
+
+static int run(const struct config *c)
+{
+        struct store_options so = { .path = c->db, .sync_full = c->sync_full };
+        struct recovered rec = { 0 };
+        struct store *store = NULL;
+        struct writer *writer = NULL;
+        struct sched *sched = NULL;
+        struct iopool *iopool = NULL;
+        struct procpool *procpool = NULL;
+        struct api *api = NULL;
+        int fd = -1, r;
+
+        r = open_listener(c, &fd);
+        if (r < 0)
+                return r;
+        r = store_open(&so, &store);
+        if (r < 0) {
+                log_errno(LOG_ERR, r, "cannot open the store %s", c->db);
+                goto out;
+        }
+        r = store_recover(store, recovered_add, &rec);
+        if (r < 0) {
+                log_errno(LOG_ERR, r, "recovery of %s failed", c->db);
+                goto out;
+        }
+        r = writer_start(store, &writer);
+        if (r < 0) {
+                log_errno(LOG_ERR, r, "cannot start the store writer");
+                goto out;
+        }
+        r = sched_new(&(struct sched_options){
+                              .writer = writer,
+                              .max_pending = c->max_pending,
+                              .retry_base = c->retry_base,
+                              .retry_max = c->retry_max,
+                              .on_finished = on_job_finished,
+                      },
+                      &sched);
+        if (r < 0) {
+                log_errno(LOG_ERR, r, "cannot create the scheduler");
+                goto out;
+        }
+        for (size_t i = 0; i < rec.n; i++) {
+                r = sched_restore(sched, rec.jobs[i]);
+                rec.jobs[i] = NULL;
+                if (r < 0) {
+                        log_errno(LOG_ERR, r, "cannot requeue recovered jobs");
+                        goto out;
+                }
+        }
+        if (rec.n)
+                log_notice("recovered %zu pending jobs from %s", rec.n, c->db);
+
+        r = iopool_start(sched, c->io_threads, &iopool);
+        if (r < 0) {
+                log_errno(LOG_ERR, r, "cannot start the I/O pool");
+                goto out;
+        }
+        r = procpool_start(sched,
+                           &(struct procpool_options){ .workers = c->cpu_workers,
+                                                       .exe = "/proc/self/exe" },
+                           &procpool);
+        if (r < 0) {
+                log_errno(LOG_ERR, r, "cannot start the CPU pool");
+                goto out;
+        }
+        r = api_start(&(struct api_options){
+                              .listen_fd = fd,
+                              .threads = c->http_threads,
+                              .max_connections = c->max_connections,
+                              .connection_timeout = c->connection_timeout,
+                              .max_body = c->max_body,
+                              .max_wait = c->max_wait,
+                              .default_timeout = c->default_timeout,
+                      },
+                      &(struct api_deps){
+                              .store = store,
+                              .sched = sched,
+                              .writer = writer,
+                              .iopool = iopool,
+                              .procpool = procpool,
+                              .started_at = task_monotonic(),
+                      },
+                      &api);
+        fd = -1; /* the api owns it now, started or not */
+        if (r < 0) {
+                log_errno(LOG_ERR, r, "cannot start the HTTP server");
+                goto out;
+        }
+        __atomic_store_n(&the_api, api, __ATOMIC_RELEASE);
+
+        log_notice("futured %s ready: %u I/O threads, %u CPU workers, store %s", PACKAGE_VERSION,
+                   c->io_threads, c->cpu_workers, c->db);
+        sd_notifyf(0, "READY=1\nSTATUS=serving: %u I/O threads, %u CPU workers", c->io_threads,
+                   c->cpu_workers);
+
+        r = wait_for_stop();
+
+        sd_notify(0, "STOPPING=1");
+        api_quiesce(api);
+        sched_drain(sched, c->shutdown_grace);
+out:
+        iopool_stop(iopool);
+        procpool_stop(procpool);
+        __atomic_store_n(&the_api, NULL, __ATOMIC_RELEASE);
+        api_stop(api);
+        writer_stop(writer);
+        sched_free(sched);
+        store_close(store);
+        for (size_t i = 0; i < rec.n; i++)
+                job_free(rec.jobs[i]);
+        free(rec.jobs);
+        if (fd >= 0)
+                close(fd);
+        if (r == 0)
+                log_notice("stopped");
+        return r;
+}
+
+int main(int argc, char **argv)
+{
+        struct config c;
+        char err[512];
+        int r;
+
+        if (argc == 2 && strcmp(argv[1], WORKER_ARG) == 0)
+                return worker_main(WORKER_FD);
+
+        r = config_parse(argc, argv, &c, err, sizeof(err));
+        if (r == 1)
+                return EXIT_SUCCESS;
+        if (r < 0) {
+                log_error("%s", err);
+                return 2;
+        }
+        log_set_level(c.log_level);
+        block_signals();
+        return run(&c) < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}

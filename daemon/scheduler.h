@@ -1,0 +1,100 @@
+/* The scheduler: every job that is pending or running lives here, in memory,
+ * from the commit of its submission (or its recovery at start) to the commit
+ * of its end. Pools pull ready jobs with sched_take() and hand results back
+ * with sched_finish(); the scheduler decides retry or end, writes that
+ * through the writer, and only after the commit announces it.
+ *
+ * Order: higher priority first, then older id. A job that failed with a
+ * retryable error waits its backoff (base * 2^(attempts-1), capped, with
+ * +-20 % jitter) out of the ready queues. One mutex guards everything; no
+ * call here blocks on I/O while holding it. */
+#ifndef FUTURED_SCHEDULER_H
+#define FUTURED_SCHEDULER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+#include "storage/job.h"
+#include "storage/writer.h"
+
+struct sched;
+struct sched_job;
+
+struct sched_options {
+        struct writer *writer;
+        size_t max_pending;             /* submissions past this get -EAGAIN */
+        double retry_base;              /* seconds */
+        double retry_max;               /* seconds */
+        /* Called on the writer thread once a job's end is committed. */
+        void (*on_finished)(int64_t id, void *userdata);
+        void *userdata;
+};
+
+int sched_new(const struct sched_options *o, struct sched **ret);
+/* Frees what is left; the pools must be stopped first. Accepts NULL. */
+void sched_free(struct sched *s);
+
+/* Start-up: takes a recovered pending job (owned from now on). */
+int sched_restore(struct sched *s, struct job *j);
+
+/* ---- submission ---- */
+
+struct sched_submission {
+        struct job *job;        /* in; the scheduler owns it from the call on */
+        /* Out, when done() runs (on the writer thread): 0 stored and queued;
+         * -EEXIST the key was taken: job->id is the existing job's; -EIO the
+         * store failed. job may be read during done() only. */
+        int result;
+        void (*done)(struct sched_submission *sub);
+        void *userdata;
+        struct wop op;          /* private */
+};
+
+/* 0, and done() follows; or at once -EAGAIN (queue full) or -ESHUTDOWN
+ * (stopping), and done() is not called and the job is the caller's again. */
+int sched_submit(struct sched *s, struct sched_submission *sub);
+
+/* 0: the job was pending, its cancellation is being committed; -EINPROGRESS:
+ * it is running and has been told to stop; -ENOENT: not held here (finished,
+ * finishing, or unknown). Either way of success ends in on_finished(id). */
+int sched_cancel(struct sched *s, int64_t id);
+
+/* ---- the pools' side ---- */
+
+/* Blocks until a job of this kind is ready; NULL once the scheduler stops.
+ * interrupt(arg) is how the scheduler later asks this run to stop (cancel or
+ * shutdown); it is called under the scheduler's lock and must not block. */
+struct sched_job *sched_take(struct sched *s, enum job_kind kind,
+                             void (*interrupt)(void *arg), void *arg);
+
+/* The job being run: read-only, valid until sched_finish(). */
+const struct job *sched_job_job(const struct sched_job *sj);
+
+/* How a run ended. result (success) or error (an object with "type" and
+ * "message") is set, and owned by the scheduler from this call on. */
+struct sched_outcome {
+        json_t *result;
+        json_t *error;
+        bool retryable;
+};
+
+/* Hands the run back; sj is gone after this. An interrupted run may report
+ * anything: the scheduler knows why it stopped it. */
+void sched_finish(struct sched *s, struct sched_job *sj, struct sched_outcome *o);
+
+/* ---- life ---- */
+
+/* Stops handing out jobs and refuses submissions, lets running jobs finish
+ * for up to grace seconds, interrupts the rest and requeues them (their
+ * attempt not counted), and returns once their requeue is committed. */
+void sched_drain(struct sched *s, double grace);
+
+struct sched_stats {
+        size_t pending[JOB_KIND__COUNT];        /* ready to run */
+        size_t delayed;                         /* waiting for a retry */
+        size_t running[JOB_KIND__COUNT];
+};
+void sched_get_stats(struct sched *s, struct sched_stats *ret);
+
+#endif

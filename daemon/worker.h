@@ -1,0 +1,14 @@
+/* Worker mode: what a CPU worker process runs. The daemon starts its own
+ * binary as `futured --worker` with the job socket on fd 3; the worker reads
+ * one job at a time, runs its task, answers, and exits when the socket
+ * closes. It is single-threaded and dies with its parent. */
+#ifndef FUTURED_WORKER_H
+#define FUTURED_WORKER_H
+
+#define WORKER_ARG "--worker"
+#define WORKER_FD 3
+
+/* Returns the process exit code. */
+int worker_main(int fd);
+
+#endif

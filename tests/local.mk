@@ -1,0 +1,40 @@
+# Unit tests (cmocka) mirror the tree; end-to-end tests start the built
+# daemon on a free loopback port and speak HTTP to it.
+UNIT_TESTS = \
+	tests/unit/test_store \
+	tests/unit/test_spec \
+	tests/unit/test_scheduler \
+	tests/unit/test_pools \
+	tests/unit/test_config
+
+check_PROGRAMS += $(UNIT_TESTS)
+UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) -DFUTURED_BIN=\"$(abs_top_builddir)/futured\"
+UNIT_LDADD = libfutured.a $(DEPS_LIBS) $(CMOCKA_LIBS)
+
+tests_unit_test_store_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_store_LDADD = $(UNIT_LDADD)
+tests_unit_test_spec_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_spec_LDADD = $(UNIT_LDADD)
+tests_unit_test_scheduler_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_scheduler_LDADD = $(UNIT_LDADD)
+tests_unit_test_pools_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_pools_LDADD = $(UNIT_LDADD)
+tests_unit_test_config_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_config_LDADD = $(UNIT_LDADD)
+
+E2E_TESTS = \
+	tests/e2e/test_jobs.py \
+	tests/e2e/test_cpu.py \
+	tests/e2e/test_durability.py \
+	tests/e2e/test_concurrency.py \
+	tests/e2e/test_bad_requests.py \
+	tests/e2e/test_lifecycle.py
+
+TESTS += $(UNIT_TESTS) $(E2E_TESTS)
+EXTRA_DIST += $(E2E_TESTS) tests/e2e/harness.py
+TEST_EXTENSIONS = .py
+PY_LOG_COMPILER = $(PYTHON3)
+AM_TESTS_ENVIRONMENT = \
+	FUTURED_BIN=$(abs_top_builddir)/futured; export FUTURED_BIN; \
+	PYTHONPATH=$(abs_top_srcdir)/tests/e2e; export PYTHONPATH; \
+	PYTHONDONTWRITEBYTECODE=1; export PYTHONDONTWRITEBYTECODE;

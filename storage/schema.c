@@ -1,0 +1,170 @@
+/* The futured database format.
+ *
+ * One SQLite file in WAL mode. PRAGMA user_version is the number of
+ * migrations applied; migrations[] below is append-only: a released step is
+ * never edited, a change of format is a new step. Each step runs in its own
+ * BEGIN IMMEDIATE transaction together with the bump of user_version, so a
+ * crash leaves the file at one version or the next, never between. A file
+ * whose user_version is above ARRAY_SIZE(migrations) was written by a newer
+ * futured and is refused rather than misread.
+ *
+ * Version 1: table jobs, one row per job the daemon accepted and has not
+ * forgotten (DELETE, retention). Columns, in the order of struct job:
+ *
+ *   id            INTEGER PRIMARY KEY AUTOINCREMENT: AUTOINCREMENT so that an
+ *                 id is never handed out twice, even after the newest job was
+ *                 deleted: clients keep ids.
+ *   task          TEXT: the task's name, as registered in tasks/.
+ *   kind          TEXT 'io' | 'cpu': which pool runs it.
+ *   state         TEXT 'pending' | 'running' | 'succeeded' | 'failed' |
+ *                 'cancelled'. Text, not the enum's number, so that the file
+ *                 reads well in the sqlite3 shell and does not depend on the
+ *                 order of enum job_state; a CHECK keeps it to these names.
+ *   args          TEXT: JSON object, positional args already named.
+ *   tag           TEXT: the client's JSON, echoed back; NULL if none.
+ *   key           TEXT: idempotency key; NULL if none; unique among non-NULL.
+ *   result        TEXT: JSON result of a succeeded job; else NULL.
+ *   error         TEXT: JSON {"type","message",...} of a failed or cancelled
+ *                 job; else NULL.
+ *   timeout       REAL: seconds a run may take, > 0.
+ *   priority      INTEGER: higher runs first.
+ *   attempts      INTEGER: runs started so far.
+ *   max_attempts  INTEGER: runs allowed in all (>= 1).
+ *   batch         INTEGER: the batch the job belongs to; NULL if none. A
+ *                 later version adds the batches table it refers to.
+ *   batch_index   INTEGER: the job's place in its batch (struct job's
+ *                 "index", a keyword in SQL); NULL if none.
+ *   seq           INTEGER: place in the global completion order, assigned
+ *                 when the job finishes, strictly increasing and unique;
+ *                 NULL exactly while the job is pending or running (CHECK).
+ *   created_at    INTEGER ms since the epoch (UTC): accepted.
+ *   started_at    INTEGER ms: the latest run started; NULL if never.
+ *   finished_at   INTEGER ms: finished; NULL if not.
+ *   ready_at      INTEGER ms: not to be run before (retry backoff); 0: now.
+ *
+ * NULL stands where struct job says 0 (or -1 for index) means "unset", so
+ * that the partial indexes below hold only rows that have the value. A
+ * partial index serves only a query whose WHERE implies its condition:
+ * "batch = ?" does, a bare MAX(seq) does not (say "WHERE seq IS NOT NULL").
+ *
+ * Indexes, each for a query that must not scan the table:
+ *   jobs_key    lookup by idempotency key, and its uniqueness.
+ *   jobs_state  listing newest-first by state (id < cursor), counting by
+ *               state, and recovery of pending and running jobs at start.
+ *   jobs_task   listing newest-first by task.
+ *   jobs_batch  listing newest-first by batch.
+ *   jobs_seq    MAX(seq) at start, and completion order for streams. */
+#include "storage/schema.h"
+
+#include <errno.h>
+#include <stdio.h>
+
+#include "storage/store-internal.h"
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+static const char *const migrations[] = {
+        /* 1 */
+        "CREATE TABLE jobs ("
+        "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  task TEXT NOT NULL,"
+        "  kind TEXT NOT NULL CHECK (kind IN ('io', 'cpu')),"
+        "  state TEXT NOT NULL CHECK (state IN"
+        "    ('pending', 'running', 'succeeded', 'failed', 'cancelled')),"
+        "  args TEXT NOT NULL,"
+        "  tag TEXT,"
+        "  key TEXT,"
+        "  result TEXT,"
+        "  error TEXT,"
+        "  timeout REAL NOT NULL CHECK (timeout > 0),"
+        "  priority INTEGER NOT NULL DEFAULT 0,"
+        "  attempts INTEGER NOT NULL DEFAULT 0,"
+        "  max_attempts INTEGER NOT NULL CHECK (max_attempts >= 1),"
+        "  batch INTEGER,"
+        "  batch_index INTEGER,"
+        "  seq INTEGER,"
+        "  created_at INTEGER NOT NULL,"
+        "  started_at INTEGER,"
+        "  finished_at INTEGER,"
+        "  ready_at INTEGER NOT NULL DEFAULT 0,"
+        "  CHECK ((seq IS NULL) = (state IN ('pending', 'running')))"
+        ");"
+        "CREATE UNIQUE INDEX jobs_key ON jobs(key) WHERE key IS NOT NULL;"
+        "CREATE INDEX jobs_state ON jobs(state, id);"
+        "CREATE INDEX jobs_task ON jobs(task, id);"
+        "CREATE INDEX jobs_batch ON jobs(batch, id) WHERE batch IS NOT NULL;"
+        "CREATE UNIQUE INDEX jobs_seq ON jobs(seq) WHERE seq IS NOT NULL;",
+};
+
+static int exec(sqlite3 *db, const char *sql)
+{
+        int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+
+        return rc == SQLITE_OK ? 0 : store_errno(rc);
+}
+
+static int user_version(sqlite3 *db, int *ret)
+{
+        sqlite3_stmt *st;
+        int rc;
+
+        rc = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return store_errno(rc);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+                *ret = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+        return rc == SQLITE_ROW ? 0 : store_errno(rc);
+}
+
+/* Applies the step after the current version, if any. Returns 1 when a step
+ * was applied, 0 when the schema is current. */
+static int migrate_step(sqlite3 *db)
+{
+        char bump[64];
+        int version = 0, r;
+
+        r = exec(db, "BEGIN IMMEDIATE");
+        if (r < 0)
+                return r;
+        /* Read inside the write transaction: another process cannot migrate
+         * between the check and the step. */
+        r = user_version(db, &version);
+        if (r < 0)
+                goto rollback;
+        if (version < 0 || (size_t) version > ARRAY_SIZE(migrations)) {
+                r = -EPROTO;
+                goto rollback;
+        }
+        if ((size_t) version == ARRAY_SIZE(migrations)) {
+                r = exec(db, "COMMIT");
+                return r < 0 ? r : 0;
+        }
+        r = exec(db, migrations[version]);
+        if (r < 0)
+                goto rollback;
+        snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", version + 1);
+        r = exec(db, bump);
+        if (r < 0)
+                goto rollback;
+        r = exec(db, "COMMIT");
+        if (r < 0)
+                goto rollback;
+        return 1;
+
+rollback:
+        if (!sqlite3_get_autocommit(db))
+                sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return r;
+}
+
+int schema_migrate(sqlite3 *db)
+{
+        int r;
+
+        do
+                r = migrate_step(db);
+        while (r > 0);
+        return r;
+}

@@ -1,0 +1,482 @@
+/* The job store: opening, recovery and reads.
+ *
+ * The write connection lives here but is driven only by writer.c (and by
+ * store_recover() before the writer starts). Each reader is its own
+ * read-only connection with statements prepared once; every statement is
+ * reset as soon as its last row is read, because an open read transaction
+ * pins the WAL and keeps checkpoints from finishing. */
+#include "storage/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "storage/schema.h"
+#include "storage/store-internal.h"
+
+#define BUSY_TIMEOUT_MS 5000
+
+/* The columns of a job row in the order of enum col. */
+#define JOB_COLUMNS \
+        "id, task, kind, state, args, tag, key, result, error, timeout, " \
+        "priority, attempts, max_attempts, batch, batch_index, seq, " \
+        "created_at, started_at, finished_at, ready_at"
+
+enum col {
+        COL_ID, COL_TASK, COL_KIND, COL_STATE, COL_ARGS, COL_TAG, COL_KEY,
+        COL_RESULT, COL_ERROR, COL_TIMEOUT, COL_PRIORITY, COL_ATTEMPTS,
+        COL_MAX_ATTEMPTS, COL_BATCH, COL_BATCH_INDEX, COL_SEQ, COL_CREATED_AT,
+        COL_STARTED_AT, COL_FINISHED_AT, COL_READY_AT,
+};
+
+/* List statements exist for every combination of these filters; a query
+ * that names only the columns it filters on lets SQLite pick the index. */
+enum {
+        LIST_STATE = 1 << 0,
+        LIST_TASK = 1 << 1,
+        LIST_BATCH = 1 << 2,
+        LIST__COMBINATIONS = 1 << 3,
+};
+
+struct store {
+        sqlite3 *db;
+        char *path;
+};
+
+struct store_reader {
+        sqlite3 *db;
+        sqlite3_stmt *get;
+        sqlite3_stmt *count;
+        sqlite3_stmt *list[LIST__COMBINATIONS];
+};
+
+int store_errno(int sqlite_rc)
+{
+        switch (sqlite_rc & 0xff) {
+        case SQLITE_NOMEM:
+                return -ENOMEM;
+        case SQLITE_FULL:
+                return -ENOSPC;
+        case SQLITE_BUSY:
+        case SQLITE_LOCKED:
+                return -EBUSY;
+        case SQLITE_READONLY:
+                return -EROFS;
+        case SQLITE_PERM:
+        case SQLITE_AUTH:
+                return -EACCES;
+        case SQLITE_CORRUPT:
+        case SQLITE_NOTADB:
+                return -EBADMSG;
+        case SQLITE_CONSTRAINT:
+        case SQLITE_MISMATCH:
+        case SQLITE_RANGE:
+                return -EINVAL;
+        case SQLITE_TOOBIG:
+                return -E2BIG;
+        default:
+                return -EIO;
+        }
+}
+
+void store_bind_text(sqlite3_stmt *st, int i, const char *v, int *rc)
+{
+        if (*rc != SQLITE_OK)
+                return;
+        *rc = v ? sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+}
+
+void store_bind_int64(sqlite3_stmt *st, int i, int64_t v, int *rc)
+{
+        if (*rc == SQLITE_OK)
+                *rc = sqlite3_bind_int64(st, i, v);
+}
+
+void store_bind_opt_int64(sqlite3_stmt *st, int i, int64_t v, int64_t none, int *rc)
+{
+        if (*rc != SQLITE_OK)
+                return;
+        *rc = v == none ? sqlite3_bind_null(st, i) : sqlite3_bind_int64(st, i, v);
+}
+
+sqlite3 *store_db(struct store *s)
+{
+        return s->db;
+}
+
+static int exec(sqlite3 *db, const char *sql)
+{
+        int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+
+        return rc == SQLITE_OK ? 0 : store_errno(rc);
+}
+
+static int db_open(const char *path, int flags, sqlite3 **ret)
+{
+        sqlite3 *db = NULL;
+        int rc;
+
+        rc = sqlite3_open_v2(path, &db, flags | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+        if (rc != SQLITE_OK) {
+                sqlite3_close(db);
+                return store_errno(rc);
+        }
+        *ret = db;
+        return 0;
+}
+
+static int set_wal(sqlite3 *db)
+{
+        sqlite3_stmt *st;
+        const unsigned char *mode;
+        int rc, r;
+
+        rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode = WAL", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return store_errno(rc);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+                /* The pragma answers with the mode in force, which stays the
+                 * old one where WAL is impossible. */
+                mode = sqlite3_column_text(st, 0);
+                r = mode && strcmp((const char *) mode, "wal") == 0 ? 0 : -EOPNOTSUPP;
+        } else
+                r = store_errno(rc);
+        sqlite3_finalize(st);
+        return r;
+}
+
+int store_open(const struct store_options *o, struct store **ret)
+{
+        struct store *s;
+        int fd, r;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->path = strdup(o->path);
+        if (!s->path) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        /* Jobs carry credentials (http headers, exec input): the file is
+         * created private here, and SQLite gives its -wal and -shm files
+         * the database's mode. */
+        fd = open(o->path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
+        if (fd < 0) {
+                r = -errno;
+                goto fail;
+        }
+        close(fd);
+
+        r = db_open(o->path, SQLITE_OPEN_READWRITE, &s->db);
+        if (r < 0)
+                goto fail;
+        r = set_wal(s->db);
+        if (r < 0)
+                goto fail;
+        r = exec(s->db, o->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+        if (r < 0)
+                goto fail;
+        /* A WAL that grew under load is cut back to 64 MiB once reset. */
+        r = exec(s->db, "PRAGMA journal_size_limit = 67108864");
+        if (r < 0)
+                goto fail;
+        r = schema_migrate(s->db);
+        if (r < 0)
+                goto fail;
+        *ret = s;
+        return 0;
+
+fail:
+        store_close(s);
+        return r;
+}
+
+void store_close(struct store *s)
+{
+        if (!s)
+                return;
+        /* _v2: a statement the writer failed to finalize must not keep the
+         * file open forever; the close completes when it is finalized. */
+        sqlite3_close_v2(s->db);
+        free(s->path);
+        free(s);
+}
+
+/* NULL column: NULL string. */
+static int column_strdup(sqlite3_stmt *st, int col, char **ret)
+{
+        const unsigned char *v;
+
+        if (sqlite3_column_type(st, col) == SQLITE_NULL) {
+                *ret = NULL;
+                return 0;
+        }
+        v = sqlite3_column_text(st, col);
+        *ret = v ? strdup((const char *) v) : NULL;
+        return *ret ? 0 : -ENOMEM;
+}
+
+static int64_t column_int64(sqlite3_stmt *st, int col, int64_t none)
+{
+        return sqlite3_column_type(st, col) == SQLITE_NULL ? none : sqlite3_column_int64(st, col);
+}
+
+static int job_from_row(sqlite3_stmt *st, struct job **ret)
+{
+        struct job *j;
+        int r;
+
+        j = job_new();
+        if (!j)
+                return -ENOMEM;
+        r = job_kind_parse((const char *) sqlite3_column_text(st, COL_KIND), &j->kind);
+        if (r == 0)
+                r = job_state_parse((const char *) sqlite3_column_text(st, COL_STATE), &j->state);
+        if (r < 0) {
+                /* The CHECKs keep both to known names: this row is damaged. */
+                r = -EBADMSG;
+                goto fail;
+        }
+        if ((r = column_strdup(st, COL_TASK, &j->task)) < 0 ||
+            (r = column_strdup(st, COL_ARGS, &j->args)) < 0 ||
+            (r = column_strdup(st, COL_TAG, &j->tag)) < 0 ||
+            (r = column_strdup(st, COL_KEY, &j->key)) < 0 ||
+            (r = column_strdup(st, COL_RESULT, &j->result)) < 0 ||
+            (r = column_strdup(st, COL_ERROR, &j->error)) < 0)
+                goto fail;
+        j->id = sqlite3_column_int64(st, COL_ID);
+        j->timeout = sqlite3_column_double(st, COL_TIMEOUT);
+        j->priority = sqlite3_column_int(st, COL_PRIORITY);
+        j->attempts = sqlite3_column_int(st, COL_ATTEMPTS);
+        j->max_attempts = sqlite3_column_int(st, COL_MAX_ATTEMPTS);
+        j->batch = column_int64(st, COL_BATCH, 0);
+        j->index = column_int64(st, COL_BATCH_INDEX, -1);
+        j->seq = column_int64(st, COL_SEQ, 0);
+        j->created_at = sqlite3_column_int64(st, COL_CREATED_AT);
+        j->started_at = column_int64(st, COL_STARTED_AT, 0);
+        j->finished_at = column_int64(st, COL_FINISHED_AT, 0);
+        j->ready_at = sqlite3_column_int64(st, COL_READY_AT);
+        *ret = j;
+        return 0;
+
+fail:
+        job_free(j);
+        return r;
+}
+
+/* Hands every row of st to cb, then resets st. */
+static int walk_jobs(sqlite3_stmt *st, int (*cb)(struct job *j, void *ud), void *ud)
+{
+        struct job *j;
+        int rc, r = 0;
+
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                r = job_from_row(st, &j);
+                if (r < 0)
+                        break;
+                r = cb(j, ud);
+                if (r < 0)
+                        break;
+        }
+        if (r == 0 && rc != SQLITE_DONE)
+                r = store_errno(rc);
+        sqlite3_reset(st);
+        return r;
+}
+
+/* Jobs that were running when the daemon died: retried while attempts
+ * remain, else failed as interrupted, taking the next places in the
+ * completion order in id order. UPDATE ... FROM computes every new row
+ * before it changes any, so MAX(seq) is read once. */
+static const char recover_failed_sql[] =
+        "UPDATE jobs SET state = 'failed', finished_at = ?1, seq = top.seq + r.n, "
+        "  error = '{\"type\":\"interrupted\",\"message\":"
+        "\"the daemon stopped while the job ran and no attempt was left\"}' "
+        "FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM jobs "
+        "      WHERE state = 'running' AND attempts >= max_attempts) AS r, "
+        "     (SELECT COALESCE(MAX(seq), 0) AS seq FROM jobs WHERE seq IS NOT NULL) AS top "
+        "WHERE jobs.id = r.id";
+
+static int recover_running(sqlite3 *db)
+{
+        sqlite3_stmt *st;
+        int rc;
+
+        rc = sqlite3_prepare_v2(db, recover_failed_sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return store_errno(rc);
+        rc = sqlite3_bind_int64(st, 1, job_now_ms());
+        if (rc == SQLITE_OK)
+                rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+        return rc == SQLITE_DONE ? 0 : store_errno(rc);
+}
+
+int store_recover(struct store *s, int (*cb)(struct job *j, void *ud), void *ud)
+{
+        sqlite3_stmt *st;
+        int rc, r;
+
+        r = exec(s->db, "BEGIN IMMEDIATE");
+        if (r < 0)
+                return r;
+        r = recover_running(s->db);
+        if (r == 0)
+                r = exec(s->db, "UPDATE jobs SET state = 'pending' WHERE state = 'running'");
+        if (r == 0)
+                r = exec(s->db, "COMMIT");
+        if (r < 0) {
+                if (!sqlite3_get_autocommit(s->db))
+                        exec(s->db, "ROLLBACK");
+                return r;
+        }
+
+        rc = sqlite3_prepare_v2(s->db,
+                                "SELECT " JOB_COLUMNS " FROM jobs WHERE state = 'pending' ORDER BY id",
+                                -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return store_errno(rc);
+        r = walk_jobs(st, cb, ud);
+        sqlite3_finalize(st);
+        return r;
+}
+
+void store_reader_close(struct store_reader *rd)
+{
+        if (!rd)
+                return;
+        sqlite3_finalize(rd->get);
+        sqlite3_finalize(rd->count);
+        for (int i = 0; i < LIST__COMBINATIONS; i++)
+                sqlite3_finalize(rd->list[i]);
+        sqlite3_close(rd->db);
+        free(rd);
+}
+
+static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **ret)
+{
+        int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, ret, NULL);
+
+        return rc == SQLITE_OK ? 0 : store_errno(rc);
+}
+
+/* ?1 the cursor (ids below it), ?2 state, ?3 task, ?4 batch, ?5 limit. */
+static int prepare_list(sqlite3 *db, int filters, sqlite3_stmt **ret)
+{
+        char sql[512];
+
+        snprintf(sql, sizeof(sql),
+                 "SELECT " JOB_COLUMNS " FROM jobs WHERE id < ?1%s%s%s ORDER BY id DESC LIMIT ?5",
+                 filters & LIST_STATE ? " AND state = ?2" : "",
+                 filters & LIST_TASK ? " AND task = ?3" : "",
+                 filters & LIST_BATCH ? " AND batch = ?4" : "");
+        return prepare(db, sql, ret);
+}
+
+int store_reader_open(struct store *s, struct store_reader **ret)
+{
+        struct store_reader *rd;
+        int r;
+
+        rd = calloc(1, sizeof(*rd));
+        if (!rd)
+                return -ENOMEM;
+        r = db_open(s->path, SQLITE_OPEN_READONLY, &rd->db);
+        if (r < 0)
+                goto fail;
+        r = exec(rd->db, "PRAGMA query_only = ON");
+        if (r < 0)
+                goto fail;
+        r = prepare(rd->db, "SELECT " JOB_COLUMNS " FROM jobs WHERE id = ?1", &rd->get);
+        if (r < 0)
+                goto fail;
+        r = prepare(rd->db, "SELECT state, count(*) FROM jobs GROUP BY state", &rd->count);
+        if (r < 0)
+                goto fail;
+        for (int i = 0; i < LIST__COMBINATIONS; i++) {
+                r = prepare_list(rd->db, i, &rd->list[i]);
+                if (r < 0)
+                        goto fail;
+        }
+        *ret = rd;
+        return 0;
+
+fail:
+        store_reader_close(rd);
+        return r;
+}
+
+int store_get_job(struct store_reader *rd, int64_t id, struct job **ret)
+{
+        int rc, r;
+
+        rc = sqlite3_bind_int64(rd->get, 1, id);
+        if (rc != SQLITE_OK)
+                return store_errno(rc);
+        rc = sqlite3_step(rd->get);
+        if (rc == SQLITE_ROW)
+                r = job_from_row(rd->get, ret);
+        else
+                r = rc == SQLITE_DONE ? -ENOENT : store_errno(rc);
+        sqlite3_reset(rd->get);
+        return r;
+}
+
+int store_list_jobs(struct store_reader *rd, const struct store_filter *f,
+                    int (*cb)(struct job *j, void *ud), void *ud)
+{
+        sqlite3_stmt *st;
+        int filters = 0, rc = SQLITE_OK;
+
+        if (f->limit <= 0 || f->before_id < 0 || f->state < -1 || f->state >= JOB_STATE__COUNT)
+                return -EINVAL;
+        if (f->state >= 0)
+                filters |= LIST_STATE;
+        if (f->task)
+                filters |= LIST_TASK;
+        if (f->batch != 0)
+                filters |= LIST_BATCH;
+        st = rd->list[filters];
+
+        store_bind_int64(st, 1, f->before_id > 0 ? f->before_id : INT64_MAX, &rc);
+        if (filters & LIST_STATE)
+                store_bind_text(st, 2, job_state_name(f->state), &rc);
+        if (filters & LIST_TASK)
+                store_bind_text(st, 3, f->task, &rc);
+        if (filters & LIST_BATCH)
+                store_bind_int64(st, 4, f->batch, &rc);
+        store_bind_int64(st, 5, f->limit, &rc);
+        if (rc != SQLITE_OK)
+                return store_errno(rc);
+        return walk_jobs(st, cb, ud);
+}
+
+int store_count_states(struct store_reader *rd, int64_t ret_counts[JOB_STATE__COUNT])
+{
+        int64_t counts[JOB_STATE__COUNT] = { 0 };
+        enum job_state state;
+        int rc, r = 0;
+
+        while ((rc = sqlite3_step(rd->count)) == SQLITE_ROW) {
+                r = job_state_parse((const char *) sqlite3_column_text(rd->count, 0), &state);
+                if (r < 0) {
+                        r = -EBADMSG;
+                        break;
+                }
+                counts[state] = sqlite3_column_int64(rd->count, 1);
+        }
+        if (r == 0 && rc != SQLITE_DONE)
+                r = store_errno(rc);
+        sqlite3_reset(rd->count);
+        if (r < 0)
+                return r;
+        memcpy(ret_counts, counts, sizeof(counts));
+        return 0;
+}

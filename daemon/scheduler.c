@@ -1,0 +1,802 @@
+/* The scheduler's memory of live jobs.
+ *
+ * Invariants, all under s->lock:
+ * - Every job from the commit of its submission (or its recovery) to the
+ *   commit of its end is in the id map, and in exactly one place: a ready
+ *   heap of its kind (priority desc, id asc), a delayed heap of its kind
+ *   (ready_at asc), a pool (running), or at the writer (requeueing or
+ *   finishing). Each heap entry knows its position, so cancel is O(log n).
+ * - Each heap of a kind has room for every live job of that kind, reserved
+ *   at submission, so moving a job between heaps never allocates and cannot
+ *   fail inside a writer callback.
+ * - At most one op of a job is at the writer at a time, so the writer reads
+ *   job fields nobody is changing. A run that ends while its START is still
+ *   at the writer parks its outcome until START's done().
+ * - Ops are pushed under the lock (writer_push only takes the writer's queue
+ *   lock); submitters' done() and on_finished() are called without it, as
+ *   they may take locks of their own that are held around sched_submit().
+ * Takers sleep on a condvar of their kind, with a deadline only when a
+ * delayed job of that kind is due; stored times are wall-clock ms and are
+ * turned into CLOCK_MONOTONIC deadlines for the waits. */
+#include "daemon/scheduler.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon/log.h"
+
+#define MAP_MIN_BUCKETS 1024
+#define CANCELLED_ERROR "{\"type\":\"cancelled\",\"message\":\"cancelled by request\"}"
+#define NO_RESULT_ERROR "{\"type\":\"task_error\",\"message\":\"the run reported neither result nor error\"}"
+
+enum sj_where {
+        SJ_SUBMITTING,  /* SUBMIT at the writer; not in the map yet */
+        SJ_READY,
+        SJ_DELAYED,
+        SJ_RUNNING,
+        SJ_REQUEUEING,  /* REQUEUE at the writer */
+        SJ_FINISHING,   /* end decided; FINISH at the writer or about to be */
+};
+
+/* Why the scheduler asked a run to stop. */
+enum sj_stop {
+        SJ_STOP_NONE,
+        SJ_STOP_CANCEL,
+        SJ_STOP_DRAIN,
+};
+
+struct sched_job {
+        struct sched *sched;
+        struct job *job;                /* owned */
+        enum sj_where where;
+        enum sj_stop stop;
+        size_t heap_pos;
+        struct sched_job *hash_next;
+        struct sched_submission *sub;   /* while SJ_SUBMITTING */
+        void (*interrupt)(void *arg);
+        void *interrupt_arg;
+        struct wop op;                  /* START, REQUEUE or FINISH */
+        bool op_busy;
+        bool has_outcome;
+        struct sched_outcome outcome;   /* parked while START is in flight */
+};
+
+struct heap {
+        struct sched_job **v;
+        size_t n;
+        size_t cap;
+        bool (*before)(const struct sched_job *a, const struct sched_job *b);
+};
+
+struct sched {
+        struct sched_options o;
+        pthread_mutex_t lock;
+        pthread_cond_t wake[JOB_KIND__COUNT];   /* takers of a kind */
+        pthread_cond_t idle;                    /* sched_drain() */
+        struct heap ready[JOB_KIND__COUNT];
+        struct heap delayed[JOB_KIND__COUNT];
+        struct sched_job **buckets;
+        size_t nbuckets;
+        size_t count;                           /* jobs in the map */
+        size_t live[JOB_KIND__COUNT];           /* submitting or in the map */
+        size_t submitting;
+        size_t running[JOB_KIND__COUNT];
+        size_t ops;                             /* START/REQUEUE/FINISH in flight */
+        bool stopping;
+        unsigned short rand[3];                 /* jitter, erand48 */
+};
+
+/* ---- heaps ---- */
+
+static bool ready_before(const struct sched_job *a, const struct sched_job *b)
+{
+        if (a->job->priority != b->job->priority)
+                return a->job->priority > b->job->priority;
+        return a->job->id < b->job->id;
+}
+
+static bool delayed_before(const struct sched_job *a, const struct sched_job *b)
+{
+        if (a->job->ready_at != b->job->ready_at)
+                return a->job->ready_at < b->job->ready_at;
+        return a->job->id < b->job->id;
+}
+
+static void heap_set(struct heap *h, size_t i, struct sched_job *sj)
+{
+        h->v[i] = sj;
+        sj->heap_pos = i;
+}
+
+static void heap_sift_up(struct heap *h, size_t i)
+{
+        struct sched_job *sj = h->v[i];
+
+        while (i > 0 && h->before(sj, h->v[(i - 1) / 2])) {
+                heap_set(h, i, h->v[(i - 1) / 2]);
+                i = (i - 1) / 2;
+        }
+        heap_set(h, i, sj);
+}
+
+static void heap_sift_down(struct heap *h, size_t i)
+{
+        struct sched_job *sj = h->v[i];
+
+        for (;;) {
+                size_t c = 2 * i + 1;
+
+                if (c >= h->n)
+                        break;
+                if (c + 1 < h->n && h->before(h->v[c + 1], h->v[c]))
+                        c++;
+                if (!h->before(h->v[c], sj))
+                        break;
+                heap_set(h, i, h->v[c]);
+                i = c;
+        }
+        heap_set(h, i, sj);
+}
+
+static int heap_reserve(struct heap *h, size_t n)
+{
+        struct sched_job **v;
+        size_t cap;
+
+        if (n <= h->cap)
+                return 0;
+        cap = h->cap * 2 > n ? h->cap * 2 : n;
+        v = realloc(h->v, cap * sizeof(*v));
+        if (!v)
+                return -ENOMEM;
+        h->v = v;
+        h->cap = cap;
+        return 0;
+}
+
+/* Never allocates: room was reserved for every live job. */
+static void heap_push(struct heap *h, struct sched_job *sj)
+{
+        h->v[h->n++] = sj;
+        heap_sift_up(h, h->n - 1);
+}
+
+static void heap_remove(struct heap *h, struct sched_job *sj)
+{
+        size_t i = sj->heap_pos;
+        struct sched_job *last = h->v[--h->n];
+
+        if (i == h->n)
+                return;
+        heap_set(h, i, last);
+        heap_sift_down(h, i);
+        heap_sift_up(h, last->heap_pos);
+}
+
+static struct sched_job *heap_top(const struct heap *h)
+{
+        return h->n > 0 ? h->v[0] : NULL;
+}
+
+/* ---- the id map (chained, grows by doubling) ---- */
+
+static size_t map_index(size_t nbuckets, int64_t id)
+{
+        return (size_t)(((uint64_t)id * 0x9E3779B97F4A7C15ull) >> 17) & (nbuckets - 1);
+}
+
+/* A failed growth only lengthens the chains. */
+static void map_grow(struct sched *s)
+{
+        size_t n = s->nbuckets * 2;
+        struct sched_job **b = calloc(n, sizeof(*b));
+
+        if (!b)
+                return;
+        for (size_t i = 0; i < s->nbuckets; i++)
+                while (s->buckets[i]) {
+                        struct sched_job *sj = s->buckets[i];
+                        size_t k = map_index(n, sj->job->id);
+
+                        s->buckets[i] = sj->hash_next;
+                        sj->hash_next = b[k];
+                        b[k] = sj;
+                }
+        free(s->buckets);
+        s->buckets = b;
+        s->nbuckets = n;
+}
+
+static void map_add(struct sched *s, struct sched_job *sj)
+{
+        size_t k;
+
+        if (s->count >= s->nbuckets)
+                map_grow(s);
+        k = map_index(s->nbuckets, sj->job->id);
+        sj->hash_next = s->buckets[k];
+        s->buckets[k] = sj;
+        s->count++;
+}
+
+static struct sched_job *map_find(struct sched *s, int64_t id)
+{
+        struct sched_job *sj = s->buckets[map_index(s->nbuckets, id)];
+
+        while (sj && sj->job->id != id)
+                sj = sj->hash_next;
+        return sj;
+}
+
+static void map_del(struct sched *s, struct sched_job *sj)
+{
+        struct sched_job **p = &s->buckets[map_index(s->nbuckets, sj->job->id)];
+
+        while (*p != sj)
+                p = &(*p)->hash_next;
+        *p = sj->hash_next;
+        s->count--;
+}
+
+/* ---- helpers ---- */
+
+static struct timespec monotonic_after(double seconds)
+{
+        struct timespec ts;
+        double whole = floor(seconds);
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += (time_t)whole;
+        ts.tv_nsec += (long)((seconds - whole) * 1e9);
+        if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+        }
+        return ts;
+}
+
+static int cond_init_monotonic(pthread_cond_t *c)
+{
+        pthread_condattr_t attr;
+        int r;
+
+        r = pthread_condattr_init(&attr);
+        if (r != 0)
+                return -r;
+        r = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        if (r == 0)
+                r = pthread_cond_init(c, &attr);
+        pthread_condattr_destroy(&attr);
+        return -r;
+}
+
+static size_t sched_pending(const struct sched *s)
+{
+        size_t n = s->submitting;
+
+        for (int k = 0; k < JOB_KIND__COUNT; k++)
+                n += s->ready[k].n + s->delayed[k].n;
+        return n;
+}
+
+/* Something sched_drain() waits for: a run, or an op at the writer. */
+static bool sched_busy(const struct sched *s)
+{
+        for (int k = 0; k < JOB_KIND__COUNT; k++)
+                if (s->running[k] > 0)
+                        return true;
+        return s->ops > 0;
+}
+
+static void wake_drain(struct sched *s)
+{
+        if (s->stopping && !sched_busy(s))
+                pthread_cond_broadcast(&s->idle);
+}
+
+/* A new scheduler entry for j, with heap room reserved; the job is only
+ * borrowed until it succeeds. */
+static int sched_job_new(struct sched *s, struct job *j, struct sched_job **ret)
+{
+        struct sched_job *sj;
+        int k;
+
+        if ((unsigned)j->kind >= JOB_KIND__COUNT)
+                return -EINVAL;
+        k = j->kind;
+        if (heap_reserve(&s->ready[k], s->live[k] + 1) < 0 ||
+            heap_reserve(&s->delayed[k], s->live[k] + 1) < 0)
+                return -ENOMEM;
+        sj = calloc(1, sizeof(*sj));
+        if (!sj)
+                return -ENOMEM;
+        sj->sched = s;
+        sj->job = j;
+        s->live[k]++;
+        *ret = sj;
+        return 0;
+}
+
+static void sched_job_free(struct sched *s, struct sched_job *sj)
+{
+        s->live[sj->job->kind]--;
+        job_free(sj->job);
+        free(sj);
+}
+
+/* Into the ready or the delayed heap of its kind, and tells the takers. */
+static void queue_job(struct sched *s, struct sched_job *sj)
+{
+        int k = sj->job->kind;
+
+        sj->stop = SJ_STOP_NONE;
+        sj->interrupt = NULL;
+        sj->interrupt_arg = NULL;
+        if (sj->job->ready_at > job_now_ms()) {
+                sj->where = SJ_DELAYED;
+                heap_push(&s->delayed[k], sj);
+                /* every waiter may need an earlier deadline */
+                pthread_cond_broadcast(&s->wake[k]);
+        } else {
+                sj->where = SJ_READY;
+                heap_push(&s->ready[k], sj);
+                pthread_cond_signal(&s->wake[k]);
+        }
+}
+
+static void push_op(struct sched *s, struct sched_job *sj, enum wop_type type,
+                    void (*done)(struct wop *op))
+{
+        sj->op = (struct wop) {
+                .type = type,
+                .job = sj->job,
+                .done = done,
+                .userdata = sj,
+        };
+        sj->op_busy = true;
+        s->ops++;
+        writer_push(s->o.writer, &sj->op);
+}
+
+/* Called on the writer thread, under the lock, when an op of sj is done. */
+static void op_settle(struct sched *s, struct sched_job *sj, const struct wop *op)
+{
+        sj->op_busy = false;
+        s->ops--;
+        if (op->result < 0)
+                log_errno(LOG_ERR, op->result, "job %lld: storing its %s failed",
+                          (long long)sj->job->id,
+                          op->type == WOP_START ? "start" : op->type == WOP_REQUEUE ? "requeue" : "end");
+}
+
+static void finish_done(struct wop *op);
+static void requeue_done(struct wop *op);
+
+static char *json_text(const json_t *v)
+{
+        return v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+}
+
+/* Decides the end: texts are the job's from here on (NULL allowed). */
+static void end_job(struct sched *s, struct sched_job *sj, enum job_state state,
+                    char *result, char *error)
+{
+        struct job *j = sj->job;
+
+        free(j->result);
+        free(j->error);
+        j->result = result;
+        j->error = error;
+        j->state = state;
+        j->finished_at = job_now_ms();
+        sj->where = SJ_FINISHING;
+        push_op(s, sj, WOP_FINISH, finish_done);
+}
+
+static void end_cancelled(struct sched *s, struct sched_job *sj)
+{
+        end_job(s, sj, JOB_CANCELLED, NULL, strdup(CANCELLED_ERROR));
+}
+
+static void requeue_job(struct sched *s, struct sched_job *sj, int64_t ready_at)
+{
+        sj->job->state = JOB_PENDING;
+        sj->job->ready_at = ready_at;
+        sj->where = SJ_REQUEUEING;
+        sj->stop = SJ_STOP_NONE;
+        push_op(s, sj, WOP_REQUEUE, requeue_done);
+}
+
+static int64_t backoff_ms(struct sched *s, int attempts)
+{
+        double d = s->o.retry_base * pow(2, attempts > 1 ? attempts - 1 : 0);
+
+        if (d > s->o.retry_max)
+                d = s->o.retry_max;
+        d *= 0.8 + 0.4 * erand48(s->rand);
+        return (int64_t)(d * 1000);
+}
+
+/* What a finished run becomes; takes the outcome's objects. A run stopped by
+ * drain that still succeeded keeps its result rather than run again. */
+static void apply_outcome(struct sched *s, struct sched_job *sj, struct sched_outcome *o)
+{
+        struct job *j = sj->job;
+        bool ok = !o->error && o->result;
+
+        if (sj->stop == SJ_STOP_CANCEL)
+                end_cancelled(s, sj);
+        else if (ok)
+                end_job(s, sj, JOB_SUCCEEDED, json_text(o->result), NULL);
+        else if (sj->stop == SJ_STOP_DRAIN) {
+                j->attempts--;
+                requeue_job(s, sj, job_now_ms());
+        } else if (o->error && o->retryable && j->attempts < j->max_attempts)
+                requeue_job(s, sj, job_now_ms() + backoff_ms(s, j->attempts));
+        else
+                end_job(s, sj, JOB_FAILED, NULL,
+                        o->error ? json_text(o->error) : strdup(NO_RESULT_ERROR));
+        json_decref(o->result);
+        json_decref(o->error);
+        o->result = o->error = NULL;
+}
+
+/* ---- writer callbacks (writer thread) ---- */
+
+static void start_done(struct wop *op)
+{
+        struct sched_job *sj = op->userdata;
+        struct sched *s = sj->sched;
+
+        pthread_mutex_lock(&s->lock);
+        op_settle(s, sj, op);
+        if (sj->has_outcome) {
+                sj->has_outcome = false;
+                apply_outcome(s, sj, &sj->outcome);
+        }
+        wake_drain(s);
+        pthread_mutex_unlock(&s->lock);
+}
+
+static void requeue_done(struct wop *op)
+{
+        struct sched_job *sj = op->userdata;
+        struct sched *s = sj->sched;
+
+        pthread_mutex_lock(&s->lock);
+        op_settle(s, sj, op);
+        if (sj->stop == SJ_STOP_CANCEL)
+                end_cancelled(s, sj);
+        else
+                queue_job(s, sj);
+        wake_drain(s);
+        pthread_mutex_unlock(&s->lock);
+}
+
+static void finish_done(struct wop *op)
+{
+        struct sched_job *sj = op->userdata;
+        struct sched *s = sj->sched;
+        int64_t id = sj->job->id;
+
+        pthread_mutex_lock(&s->lock);
+        op_settle(s, sj, op);
+        map_del(s, sj);
+        sched_job_free(s, sj);
+        wake_drain(s);
+        pthread_mutex_unlock(&s->lock);
+
+        if (s->o.on_finished)
+                s->o.on_finished(id, s->o.userdata);
+}
+
+/* The job is queued before the submitter hears, so a cancel that follows
+ * the answer finds it. It cannot be freed during done(): only this thread
+ * (in finish_done()) frees jobs. A pool may take it meanwhile, so done()
+ * reads only what the writer set and nobody changes: id, created_at. */
+static void submit_done(struct wop *op)
+{
+        struct sched_job *sj = op->userdata;
+        struct sched *s = sj->sched;
+        struct sched_submission *sub = sj->sub;
+        int result = op->result;
+
+        pthread_mutex_lock(&s->lock);
+        s->submitting--;
+        sj->sub = NULL;
+        if (result == 0) {
+                map_add(s, sj);
+                queue_job(s, sj);
+        }
+        pthread_mutex_unlock(&s->lock);
+
+        sub->result = result;
+        sub->done(sub);
+        if (result == 0)
+                return;
+        pthread_mutex_lock(&s->lock);
+        sched_job_free(s, sj);
+        pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- public ---- */
+
+int sched_new(const struct sched_options *o, struct sched **ret)
+{
+        struct sched *s;
+        uint64_t seed;
+        int k, r;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->o = *o;
+        s->nbuckets = MAP_MIN_BUCKETS;
+        s->buckets = calloc(s->nbuckets, sizeof(*s->buckets));
+        if (!s->buckets) {
+                free(s);
+                return -ENOMEM;
+        }
+        for (k = 0; k < JOB_KIND__COUNT; k++) {
+                s->ready[k].before = ready_before;
+                s->delayed[k].before = delayed_before;
+        }
+        seed = (uint64_t)job_now_ms() ^ ((uint64_t)getpid() << 32);
+        memcpy(s->rand, &seed, sizeof(s->rand));
+
+        r = -pthread_mutex_init(&s->lock, NULL);
+        if (r < 0)
+                goto fail_buckets;
+        r = cond_init_monotonic(&s->idle);
+        if (r < 0)
+                goto fail_lock;
+        for (k = 0; k < JOB_KIND__COUNT; k++) {
+                r = cond_init_monotonic(&s->wake[k]);
+                if (r < 0)
+                        goto fail_conds;
+        }
+        *ret = s;
+        return 0;
+
+fail_conds:
+        while (k-- > 0)
+                pthread_cond_destroy(&s->wake[k]);
+        pthread_cond_destroy(&s->idle);
+fail_lock:
+        pthread_mutex_destroy(&s->lock);
+fail_buckets:
+        free(s->buckets);
+        free(s);
+        return r;
+}
+
+void sched_free(struct sched *s)
+{
+        if (!s)
+                return;
+        for (size_t i = 0; i < s->nbuckets; i++)
+                while (s->buckets[i]) {
+                        struct sched_job *sj = s->buckets[i];
+
+                        s->buckets[i] = sj->hash_next;
+                        json_decref(sj->outcome.result);
+                        json_decref(sj->outcome.error);
+                        sched_job_free(s, sj);
+                }
+        for (int k = 0; k < JOB_KIND__COUNT; k++) {
+                free(s->ready[k].v);
+                free(s->delayed[k].v);
+                pthread_cond_destroy(&s->wake[k]);
+        }
+        free(s->buckets);
+        pthread_cond_destroy(&s->idle);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+}
+
+int sched_restore(struct sched *s, struct job *j)
+{
+        struct sched_job *sj;
+        int r;
+
+        pthread_mutex_lock(&s->lock);
+        r = sched_job_new(s, j, &sj);
+        if (r == 0) {
+                j->state = JOB_PENDING;
+                map_add(s, sj);
+                queue_job(s, sj);
+        }
+        pthread_mutex_unlock(&s->lock);
+        if (r < 0)
+                job_free(j);
+        return r;
+}
+
+int sched_submit(struct sched *s, struct sched_submission *sub)
+{
+        struct sched_job *sj;
+        int r;
+
+        pthread_mutex_lock(&s->lock);
+        if (s->stopping)
+                r = -ESHUTDOWN;
+        else if (sched_pending(s) >= s->o.max_pending)
+                r = -EAGAIN;
+        else
+                r = sched_job_new(s, sub->job, &sj);
+        if (r == 0) {
+                sj->where = SJ_SUBMITTING;
+                sj->sub = sub;
+                s->submitting++;
+                sub->op = (struct wop) {
+                        .type = WOP_SUBMIT,
+                        .job = sub->job,
+                        .done = submit_done,
+                        .userdata = sj,
+                };
+                writer_push(s->o.writer, &sub->op);
+        }
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+int sched_cancel(struct sched *s, int64_t id)
+{
+        struct sched_job *sj;
+        int r = -ENOENT;
+
+        pthread_mutex_lock(&s->lock);
+        sj = map_find(s, id);
+        if (!sj)
+                goto out;
+        switch (sj->where) {
+        case SJ_READY:
+                heap_remove(&s->ready[sj->job->kind], sj);
+                end_cancelled(s, sj);
+                r = 0;
+                break;
+        case SJ_DELAYED:
+                heap_remove(&s->delayed[sj->job->kind], sj);
+                end_cancelled(s, sj);
+                r = 0;
+                break;
+        case SJ_REQUEUEING:
+                /* ends cancelled once the requeue is committed */
+                sj->stop = SJ_STOP_CANCEL;
+                r = 0;
+                break;
+        case SJ_RUNNING:
+                /* a run stopped by drain is already interrupted */
+                if (sj->stop == SJ_STOP_NONE && sj->interrupt)
+                        sj->interrupt(sj->interrupt_arg);
+                sj->stop = SJ_STOP_CANCEL;
+                r = -EINPROGRESS;
+                break;
+        case SJ_SUBMITTING:
+        case SJ_FINISHING:
+                break;
+        }
+out:
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+/* Moves the delayed jobs of kind k whose time has come to the ready heap. */
+static void promote_due(struct sched *s, int k)
+{
+        int64_t now = job_now_ms();
+        struct sched_job *sj;
+
+        while ((sj = heap_top(&s->delayed[k])) && sj->job->ready_at <= now) {
+                heap_remove(&s->delayed[k], sj);
+                sj->where = SJ_READY;
+                heap_push(&s->ready[k], sj);
+        }
+}
+
+struct sched_job *sched_take(struct sched *s, enum job_kind kind,
+                             void (*interrupt)(void *arg), void *arg)
+{
+        struct sched_job *sj, *due;
+        struct job *j;
+
+        pthread_mutex_lock(&s->lock);
+        for (;;) {
+                if (s->stopping) {
+                        pthread_mutex_unlock(&s->lock);
+                        return NULL;
+                }
+                promote_due(s, kind);
+                if (s->ready[kind].n > 0)
+                        break;
+                due = heap_top(&s->delayed[kind]);
+                if (due) {
+                        struct timespec ts = monotonic_after(
+                                (double)(due->job->ready_at - job_now_ms()) / 1000.0);
+
+                        pthread_cond_timedwait(&s->wake[kind], &s->lock, &ts);
+                } else
+                        pthread_cond_wait(&s->wake[kind], &s->lock);
+        }
+
+        sj = heap_top(&s->ready[kind]);
+        heap_remove(&s->ready[kind], sj);
+        j = sj->job;
+        sj->where = SJ_RUNNING;
+        sj->stop = SJ_STOP_NONE;
+        sj->interrupt = interrupt;
+        sj->interrupt_arg = arg;
+        j->state = JOB_RUNNING;
+        j->attempts++;
+        j->started_at = job_now_ms();
+        s->running[kind]++;
+        push_op(s, sj, WOP_START, start_done);
+        /* promote_due() may have readied more than one */
+        if (s->ready[kind].n > 0)
+                pthread_cond_signal(&s->wake[kind]);
+        pthread_mutex_unlock(&s->lock);
+        return sj;
+}
+
+const struct job *sched_job_job(const struct sched_job *sj)
+{
+        return sj->job;
+}
+
+void sched_finish(struct sched *s, struct sched_job *sj, struct sched_outcome *o)
+{
+        pthread_mutex_lock(&s->lock);
+        s->running[sj->job->kind]--;
+        sj->where = SJ_FINISHING;
+        if (sj->op_busy) {
+                sj->outcome = *o;
+                sj->has_outcome = true;
+        } else
+                apply_outcome(s, sj, o);
+        wake_drain(s);
+        pthread_mutex_unlock(&s->lock);
+}
+
+void sched_drain(struct sched *s, double grace)
+{
+        struct timespec deadline = monotonic_after(grace > 0 ? grace : 0);
+
+        pthread_mutex_lock(&s->lock);
+        s->stopping = true;
+        for (int k = 0; k < JOB_KIND__COUNT; k++)
+                pthread_cond_broadcast(&s->wake[k]);
+
+        while (sched_busy(s))
+                if (pthread_cond_timedwait(&s->idle, &s->lock, &deadline) == ETIMEDOUT)
+                        break;
+
+        for (size_t i = 0; i < s->nbuckets; i++)
+                for (struct sched_job *sj = s->buckets[i]; sj; sj = sj->hash_next) {
+                        if (sj->where != SJ_RUNNING || sj->stop != SJ_STOP_NONE)
+                                continue;
+                        sj->stop = SJ_STOP_DRAIN;
+                        if (sj->interrupt)
+                                sj->interrupt(sj->interrupt_arg);
+                }
+
+        while (sched_busy(s))
+                pthread_cond_wait(&s->idle, &s->lock);
+        pthread_mutex_unlock(&s->lock);
+}
+
+void sched_get_stats(struct sched *s, struct sched_stats *ret)
+{
+        pthread_mutex_lock(&s->lock);
+        *ret = (struct sched_stats) { .delayed = 0 };
+        for (int k = 0; k < JOB_KIND__COUNT; k++) {
+                ret->pending[k] = s->ready[k].n;
+                ret->delayed += s->delayed[k].n;
+                ret->running[k] = s->running[k];
+        }
+        pthread_mutex_unlock(&s->lock);
+}

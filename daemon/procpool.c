@@ -1,0 +1,568 @@
+/* The CPU pool. A slot is one worker process and the one thread that owns
+ * it: the thread spawns the worker, feeds it jobs, watches each job's
+ * deadline and interrupt, and kills, reaps and replaces the worker. Only that
+ * thread touches the worker's fds; pid, busy and spawn_failed are written
+ * under the pool lock so that stats and pids read them whole.
+ *
+ * - Workers are the daemon's own binary started with posix_spawn (never a
+ *   fork of this threaded process), with a clean signal mask and default
+ *   dispositions, and fd 3 as their only extra descriptor.
+ * - A worker is reaped with waitpid() on its own pid, never -1, so no other
+ *   child of the daemon is stolen; its pidfd is held until then, so a signal
+ *   never reaches a recycled pid.
+ * - The slot's eventfd is cleared only between sched_finish() and the next
+ *   sched_take(), when no run can be interrupted: a stale interrupt never
+ *   kills the next job, and a live one is never lost.
+ * - The worker's PR_SET_PDEATHSIG follows the thread that spawned it; that
+ *   is the slot thread, which outlives its worker.
+ * - A worker that dies while its slot waits in sched_take() is noticed only
+ *   when the slot next gets a job; until then procpool_pids() lists it. */
+#include "daemon/procpool.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <jansson.h>
+
+#include "daemon/frame.h"
+#include "daemon/log.h"
+#include "daemon/scheduler.h"
+#include "daemon/worker.h"
+#include "tasks/task.h"
+
+#define SPAWN_PAUSE_MIN 0.1     /* seconds, doubled after each failed spawn */
+#define SPAWN_PAUSE_MAX 10.0
+/* How long a worker that closed its socket, or was told to exit, may take
+ * before SIGKILL. */
+#define EXIT_WAIT 2.0
+
+struct slot {
+        struct procpool *pool;
+        unsigned index;
+        pthread_t thread;
+        bool started;
+        int efd;                /* interrupts: cancel, drain, stop */
+        int sock;               /* the job socket; -1 without a worker */
+        int pidfd;
+        pid_t pid;              /* 0: no worker */
+        bool busy;
+        bool spawn_failed;
+};
+
+struct procpool {
+        struct sched *sched;
+        char *exe;              /* owned */
+        pthread_mutex_t lock;
+        uint64_t restarts;
+        atomic_bool stopping;
+        unsigned n;
+        struct slot slots[];
+};
+
+enum run_end { RUN_REPLY, RUN_TIMEOUT, RUN_INTERRUPT, RUN_DEAD, RUN_BAD_REPLY };
+
+/* poll() until an event or the CLOCK_MONOTONIC deadline; EINTR resumes with
+ * the time left. Returns poll()'s count or -errno. */
+static int poll_until(struct pollfd *fds, nfds_t n, double deadline)
+{
+        for (;;) {
+                double left = deadline - task_monotonic();
+                int ms = left <= 0 ? 0 : left >= INT_MAX / 1000 ? INT_MAX : (int)(left * 1000) + 1;
+                int r = poll(fds, n, ms);
+
+                if (r >= 0)
+                        return r;
+                if (errno != EINTR)
+                        return -errno;
+        }
+}
+
+static void describe_status(int status, char *buf, size_t len)
+{
+        if (WIFSIGNALED(status)) {
+                const char *abbrev = sigabbrev_np(WTERMSIG(status));
+
+                snprintf(buf, len, "worker killed by signal %d (SIG%s)", WTERMSIG(status),
+                         abbrev ? abbrev : "?");
+        } else {
+                snprintf(buf, len, "worker exited with status %d", WEXITSTATUS(status));
+        }
+}
+
+/* Returns {"type": type, "message": ...}, or NULL on ENOMEM. */
+static json_t *error_new(const char *type, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static json_t *error_new(const char *type, const char *fmt, ...)
+{
+        char msg[512];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        return json_pack("{s:s, s:s}", "type", type, "message", msg);
+}
+
+static void slot_set_worker(struct slot *sl, pid_t pid, bool spawn_failed)
+{
+        pthread_mutex_lock(&sl->pool->lock);
+        sl->pid = pid;
+        sl->spawn_failed = spawn_failed;
+        pthread_mutex_unlock(&sl->pool->lock);
+}
+
+static void slot_set_busy(struct slot *sl, bool busy)
+{
+        pthread_mutex_lock(&sl->pool->lock);
+        sl->busy = busy;
+        pthread_mutex_unlock(&sl->pool->lock);
+}
+
+/* Starts exe as a worker with child_fd as its fd 3. */
+static int spawn_worker(const char *exe, int child_fd, pid_t *ret)
+{
+        char *argv[] = { (char *)exe, (char *)WORKER_ARG, NULL };
+        posix_spawn_file_actions_t fa;
+        posix_spawnattr_t attr;
+        sigset_t mask, def;
+        int r;
+
+        sigemptyset(&mask);
+        /* Whatever the daemon blocks or ignores (SIGPIPE, SIGCHLD, SIGTERM,
+         * ...) is the daemon's business, not the worker's. */
+        sigfillset(&def);
+
+        r = posix_spawn_file_actions_init(&fa);
+        if (r != 0)
+                return -r;
+        r = posix_spawnattr_init(&attr);
+        if (r != 0)
+                goto out_fa;
+        r = posix_spawn_file_actions_adddup2(&fa, child_fd, WORKER_FD);
+        if (r == 0)
+                r = posix_spawn_file_actions_addclosefrom_np(&fa, WORKER_FD + 1);
+        if (r == 0)
+                r = posix_spawnattr_setsigmask(&attr, &mask);
+        if (r == 0)
+                r = posix_spawnattr_setsigdefault(&attr, &def);
+        if (r == 0)
+                r = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+        if (r == 0)
+                r = posix_spawn(ret, exe, &fa, &attr, argv, environ);
+        posix_spawnattr_destroy(&attr);
+out_fa:
+        posix_spawn_file_actions_destroy(&fa);
+        return -r;
+}
+
+static void reap(pid_t pid, int *ret_status)
+{
+        int status = 0;
+
+        while (waitpid(pid, &status, 0) < 0) {
+                if (errno != EINTR) {
+                        /* Only when SIGCHLD is ignored, against the rule. */
+                        log_errno(LOG_ERR, -errno, "waitpid(%d)", (int)pid);
+                        break;
+                }
+        }
+        if (ret_status)
+                *ret_status = status;
+}
+
+/* Gives the slot a new worker; on failure the slot stays without one. */
+static int slot_spawn(struct slot *sl)
+{
+        struct procpool *p = sl->pool;
+        int sv[2], pidfd, r;
+        pid_t pid;
+
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        r = spawn_worker(p->exe, sv[1], &pid);
+        close(sv[1]);
+        if (r < 0) {
+                close(sv[0]);
+                goto fail;
+        }
+        pidfd = pidfd_open(pid, 0);
+        if (pidfd < 0) {
+                r = -errno;
+                kill(pid, SIGKILL);
+                reap(pid, NULL);
+                close(sv[0]);
+                goto fail;
+        }
+        sl->sock = sv[0];
+        sl->pidfd = pidfd;
+        slot_set_worker(sl, pid, false);
+        log_debug("CPU worker %u started as pid %d", sl->index, (int)pid);
+        return 0;
+fail:
+        slot_set_worker(sl, 0, true);
+        return log_errno(LOG_ERR, r, "cannot start CPU worker %u (%s %s)", sl->index, p->exe, WORKER_ARG);
+}
+
+/* Ends the slot's worker: closes its socket (its order to exit), gives it
+ * up to wait seconds to do so, then SIGKILLs it, and reaps it. */
+static int slot_reap(struct slot *sl, double wait)
+{
+        struct pollfd pfd = { .fd = sl->pidfd, .events = POLLIN };
+        int status;
+
+        close(sl->sock);
+        sl->sock = -1;
+        if (wait <= 0 || poll_until(&pfd, 1, task_monotonic() + wait) <= 0)
+                (void)pidfd_send_signal(sl->pidfd, SIGKILL, NULL, 0);
+        reap(sl->pid, &status);
+        close(sl->pidfd);
+        sl->pidfd = -1;
+        slot_set_worker(sl, 0, false);
+        return status;
+}
+
+static bool slot_worker_exited(struct slot *sl)
+{
+        struct pollfd pfd = { .fd = sl->pidfd, .events = POLLIN };
+
+        return poll(&pfd, 1, 0) > 0;
+}
+
+/* Reaps the slot's worker and tries once to start its replacement. */
+static int slot_replace(struct slot *sl, double wait)
+{
+        int status = slot_reap(sl, wait);
+
+        pthread_mutex_lock(&sl->pool->lock);
+        sl->pool->restarts++;
+        pthread_mutex_unlock(&sl->pool->lock);
+        (void)slot_spawn(sl);
+        return status;
+}
+
+/* Gives the slot a live worker before it takes a job, pausing between failed
+ * spawns; -ECANCELED when the pool stops meanwhile. */
+static int slot_ready(struct slot *sl)
+{
+        double pause = SPAWN_PAUSE_MIN;
+
+        if (sl->pid != 0 && slot_worker_exited(sl)) {
+                char what[128];
+
+                describe_status(slot_replace(sl, 0), what, sizeof(what));
+                log_warning("CPU worker %u died while idle (%s); replaced", sl->index, what);
+        }
+        while (sl->pid == 0 && slot_spawn(sl) < 0) {
+                struct pollfd pfd = { .fd = sl->efd, .events = POLLIN };
+
+                (void)poll_until(&pfd, 1, task_monotonic() + pause);
+                if (atomic_load(&sl->pool->stopping))
+                        return -ECANCELED;
+                pause = pause * 2 < SPAWN_PAUSE_MAX ? pause * 2 : SPAWN_PAUSE_MAX;
+        }
+        return 0;
+}
+
+/* The job message for daemon/worker.c; *ret malloc'd, the caller's. */
+static int job_encode(const struct job *j, char **ret, size_t *ret_len)
+{
+        json_t *args, *msg;
+        char *text;
+        size_t len;
+
+        args = json_loads(j->args ? j->args : "{}", 0, NULL);
+        if (!args)
+                return -EINVAL;
+        msg = json_pack("{s:s, s:o}", "task", j->task, "args", args);
+        if (!msg)
+                return -ENOMEM;
+        text = json_dumps(msg, JSON_COMPACT);
+        json_decref(msg);
+        if (!text)
+                return -ENOMEM;
+        len = strlen(text);
+        if (len > FRAME_MAX) {
+                free(text);
+                return -EMSGSIZE;
+        }
+        *ret = text;
+        *ret_len = len;
+        return 0;
+}
+
+/* Fills out from the worker's reply; -EBADMSG when it is malformed. */
+static int reply_parse(const char *msg, size_t len, struct sched_outcome *out)
+{
+        json_t *reply = json_loadb(msg, len, 0, NULL);
+        json_t *result = json_object_get(reply, "result");
+        json_t *error = json_object_get(reply, "error");
+        json_t *retryable = json_object_get(reply, "retryable");
+        int r = 0;
+
+        if (result) {
+                out->result = json_incref(result);
+        } else if (json_is_object(error) && json_is_string(json_object_get(error, "type")) &&
+                   json_is_string(json_object_get(error, "message")) && json_is_boolean(retryable)) {
+                out->error = json_incref(error);
+                out->retryable = json_is_true(retryable);
+        } else {
+                r = -EBADMSG;
+        }
+        json_decref(reply);
+        return r;
+}
+
+/* Waits for the reply to the job just sent; *ret_msg set on RUN_REPLY. */
+static enum run_end slot_wait(struct slot *sl, double deadline, char **ret_msg, size_t *ret_len)
+{
+        struct pollfd fds[] = {
+                { .fd = sl->sock, .events = POLLIN },
+                { .fd = sl->efd, .events = POLLIN },
+                { .fd = sl->pidfd, .events = POLLIN },
+        };
+        int r = poll_until(fds, 3, deadline);
+
+        if (r < 0) {
+                log_errno(LOG_ERR, r, "CPU worker %u: poll", sl->index);
+                return RUN_DEAD;
+        }
+        if (r == 0)
+                return RUN_TIMEOUT;
+        /* A reply that raced with an interrupt is still taken: the scheduler
+         * knows why it interrupted, and the worker need not die. */
+        if (fds[0].revents) {
+                r = frame_read(sl->sock, ret_msg, ret_len);
+                if (r == -EMSGSIZE)
+                        return RUN_BAD_REPLY;
+                return r < 0 ? RUN_DEAD : RUN_REPLY;
+        }
+        return fds[1].revents ? RUN_INTERRUPT : RUN_DEAD;
+}
+
+/* Runs one job on the slot's worker. Whatever ends it other than a reply
+ * kills the worker and replaces it at once. */
+static void slot_run(struct slot *sl, const struct job *j, struct sched_outcome *out)
+{
+        /* The timeout is the pool's to enforce, by killing the worker: a
+         * task busy computing is never asked to watch a clock. */
+        double deadline = task_monotonic() + j->timeout;
+        enum run_end end = RUN_DEAD;
+        char *msg, *reply = NULL, what[128];
+        size_t len;
+        int r;
+
+        r = job_encode(j, &msg, &len);
+        if (r < 0) {
+                out->error = error_new("task_error", "cannot hand the job to a worker: %s", strerror(-r));
+                return;
+        }
+        /* It may have died while the slot waited for work. */
+        if (slot_worker_exited(sl)) {
+                describe_status(slot_replace(sl, 0), what, sizeof(what));
+                log_warning("CPU worker %u died while idle (%s); replaced", sl->index, what);
+        }
+        if (sl->pid == 0) {
+                free(msg);
+                out->error = error_new("crashed", "no CPU worker could be started");
+                out->retryable = true;
+                return;
+        }
+
+        r = frame_write(sl->sock, msg, len);
+        free(msg);
+        if (r == 0)
+                end = slot_wait(sl, deadline, &reply, &len);
+        if (end == RUN_REPLY) {
+                r = reply_parse(reply, len, out);
+                free(reply);
+                if (r == 0)
+                        return;
+                end = RUN_BAD_REPLY;
+        }
+
+        describe_status(slot_replace(sl, end == RUN_DEAD ? EXIT_WAIT : 0), what, sizeof(what));
+        switch (end) {
+        case RUN_TIMEOUT:
+                log_info("job %" PRId64 ": timed out after %g s; CPU worker %u killed", j->id, j->timeout,
+                         sl->index);
+                out->error = error_new("timeout", "timed out after %g s", j->timeout);
+                out->retryable = true;
+                break;
+        case RUN_INTERRUPT:
+                log_debug("job %" PRId64 ": interrupted; CPU worker %u killed", j->id, sl->index);
+                out->error = error_new("cancelled", "stopped while running");
+                break;
+        case RUN_BAD_REPLY:
+                log_error("job %" PRId64 ": CPU worker %u sent a malformed reply; killed", j->id, sl->index);
+                out->error = error_new("crashed", "worker sent a malformed reply");
+                out->retryable = true;
+                break;
+        default:
+                log_warning("job %" PRId64 ": CPU worker %u: %s", j->id, sl->index, what);
+                out->error = error_new("crashed", "%s", what);
+                out->retryable = true;
+                break;
+        }
+}
+
+/* Called by the scheduler under its lock: must not block, and does not (the
+ * eventfd is non-blocking and never near overflow). */
+static void slot_interrupt(void *arg)
+{
+        struct slot *sl = arg;
+
+        (void)eventfd_write(sl->efd, 1);
+}
+
+static void *slot_main(void *arg)
+{
+        struct slot *sl = arg;
+        struct procpool *p = sl->pool;
+
+        /* procpool_start() holds the lock until every thread exists, so a
+         * failed start can stop them before any takes a job. */
+        pthread_mutex_lock(&p->lock);
+        pthread_mutex_unlock(&p->lock);
+
+        for (;;) {
+                struct sched_outcome out = { 0 };
+                struct sched_job *sj;
+                eventfd_t stale;
+
+                /* No run is active: anything here is an interrupt that raced
+                 * with the last reply. A stop is seen through the flag. */
+                (void)eventfd_read(sl->efd, &stale);
+                if (atomic_load(&p->stopping) || slot_ready(sl) < 0)
+                        break;
+                sj = sched_take(p->sched, JOB_KIND_CPU, slot_interrupt, sl);
+                if (!sj)
+                        break;
+                slot_set_busy(sl, true);
+                slot_run(sl, sched_job_job(sj), &out);
+                slot_set_busy(sl, false);
+                sched_finish(p->sched, sj, &out);
+        }
+        if (sl->pid != 0)
+                (void)slot_reap(sl, EXIT_WAIT);
+        return NULL;
+}
+
+int procpool_start(struct sched *s, const struct procpool_options *o, struct procpool **ret)
+{
+        struct procpool *p;
+        int r = 0;
+
+        if (!s || !o || o->workers == 0 || !o->exe)
+                return -EINVAL;
+        /* Fail at start, not in a respawn loop, on a wrong path. */
+        if (access(o->exe, X_OK) < 0)
+                return -errno;
+
+        p = calloc(1, sizeof(*p) + o->workers * sizeof(p->slots[0]));
+        if (!p)
+                return -ENOMEM;
+        p->sched = s;
+        p->n = o->workers;
+        pthread_mutex_init(&p->lock, NULL);
+        atomic_init(&p->stopping, false);
+        for (unsigned i = 0; i < p->n; i++) {
+                struct slot *sl = &p->slots[i];
+
+                sl->pool = p;
+                sl->index = i;
+                sl->sock = sl->pidfd = -1;
+                sl->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                if (sl->efd < 0 && r == 0)
+                        r = -errno;
+        }
+        p->exe = strdup(o->exe);
+        if (!p->exe && r == 0)
+                r = -ENOMEM;
+
+        pthread_mutex_lock(&p->lock);
+        for (unsigned i = 0; i < p->n && r == 0; i++) {
+                r = -pthread_create(&p->slots[i].thread, NULL, slot_main, &p->slots[i]);
+                p->slots[i].started = r == 0;
+        }
+        if (r < 0)
+                atomic_store(&p->stopping, true);
+        pthread_mutex_unlock(&p->lock);
+
+        if (r < 0) {
+                procpool_stop(p);
+                return r;
+        }
+        *ret = p;
+        return 0;
+}
+
+void procpool_stop(struct procpool *p)
+{
+        if (!p)
+                return;
+        atomic_store(&p->stopping, true);
+        /* Wakes a slot pausing between failed spawns. */
+        for (unsigned i = 0; i < p->n; i++)
+                if (p->slots[i].efd >= 0)
+                        (void)eventfd_write(p->slots[i].efd, 1);
+        for (unsigned i = 0; i < p->n; i++) {
+                if (p->slots[i].started)
+                        pthread_join(p->slots[i].thread, NULL);
+                if (p->slots[i].efd >= 0)
+                        close(p->slots[i].efd);
+        }
+        pthread_mutex_destroy(&p->lock);
+        free(p->exe);
+        free(p);
+}
+
+void procpool_get_stats(struct procpool *p, struct procpool_stats *ret)
+{
+        struct procpool_stats st = { .size = p->n };
+
+        pthread_mutex_lock(&p->lock);
+        for (unsigned i = 0; i < p->n; i++)
+                st.busy += p->slots[i].busy;
+        st.restarts = p->restarts;
+        pthread_mutex_unlock(&p->lock);
+        *ret = st;
+}
+
+bool procpool_alive(struct procpool *p)
+{
+        bool alive = !atomic_load(&p->stopping);
+
+        pthread_mutex_lock(&p->lock);
+        for (unsigned i = 0; i < p->n; i++)
+                if (p->slots[i].spawn_failed)
+                        alive = false;
+        pthread_mutex_unlock(&p->lock);
+        return alive;
+}
+
+unsigned procpool_pids(struct procpool *p, pid_t *ret, unsigned n)
+{
+        unsigned k = 0;
+
+        pthread_mutex_lock(&p->lock);
+        for (unsigned i = 0; i < p->n && k < n; i++)
+                if (p->slots[i].pid != 0)
+                        ret[k++] = p->slots[i].pid;
+        pthread_mutex_unlock(&p->lock);
+        return k;
+}

@@ -1,0 +1,34 @@
+/* The running server as its handlers see it: options, the parts it reads,
+ * and the state shared by every MHD thread. server.c owns it. */
+#ifndef FUTURED_API_API_H
+#define FUTURED_API_API_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "api/server.h"
+
+struct MHD_Daemon;
+struct hub;
+struct store_reader;
+
+struct api {
+        struct api_options o;
+        struct api_deps d;
+        struct MHD_Daemon *mhd;
+        struct hub *hub;
+        pthread_key_t reader_key;       /* each MHD thread's store_reader */
+        atomic_bool serving;            /* started: MHD's messages are client noise now */
+        atomic_bool stopping;           /* set by api_quiesce: new requests get 503 */
+        int quiesced_fd;                /* the listen socket MHD gave back; closed after stop */
+        pthread_mutex_t lock;
+        pthread_cond_t idle;            /* suspended dropped to 0 */
+        unsigned suspended;             /* connections suspended right now */
+};
+
+/* The calling MHD thread's read-only store handle, opened on first use and
+ * closed when the thread ends. */
+int api_reader(struct api *a, struct store_reader **ret);
+
+#endif

@@ -1,0 +1,9 @@
+libfutured_a_SOURCES += \
+	api/server.c api/server.h api/api.h \
+	api/request.c api/request.h \
+	api/routes.c api/routes.h \
+	api/reply.c api/reply.h \
+	api/strbuf.c api/strbuf.h \
+	api/spec.c api/spec.h \
+	api/hub.c api/hub.h \
+	api/jobs.c api/misc.c

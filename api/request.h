@@ -1,0 +1,78 @@
+/* One HTTP request, from its first callback to NOTIFY_COMPLETED (the one
+ * place it is freed). It carries the body, the parsed JSON, and what a
+ * suspended handler needs to finish when resumed: the submission, the delete
+ * op, or the hub waiter, each filled by the thread that resumes it before
+ * resuming (MHD's resume lock orders those writes before the re-entry). */
+#ifndef FUTURED_API_REQUEST_H
+#define FUTURED_API_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <microhttpd.h>
+
+#include "api/hub.h"
+#include "api/strbuf.h"
+#include "daemon/scheduler.h"
+#include "storage/writer.h"
+
+struct api;
+struct route;
+
+#define REQUEST_INLINE_BODY 1024
+
+struct request {
+        struct api *api;
+        struct MHD_Connection *conn;
+        const struct route *route;
+        int64_t id;                     /* the {id} of the path; 0: none */
+
+        char *body;                     /* body_inline or heap */
+        size_t body_len;
+        size_t body_cap;
+        bool body_too_large;            /* stopped buffering; 413 at the end */
+        json_t *json;                   /* the parsed body (routes that take one) */
+
+        bool suspended;                 /* MHD thread only */
+        bool resumed;                   /* the handler runs again after a suspend */
+        int error;                      /* what went wrong while suspended, or 0 */
+
+        struct sched_submission sub;    /* POST /v1/jobs */
+        int64_t created_at;
+        struct strbuf out;              /* the job body rendered before submitting */
+
+        struct wop op;                  /* DELETE */
+        struct job op_job;
+
+        struct hub_waiter waiter;       /* long-poll and cancel */
+        bool waiting;
+        int cancel_result;              /* sched_cancel()'s answer */
+
+        char body_inline[REQUEST_INLINE_BODY];
+};
+
+/* The first callback of a request: allocates it (*ret, freed by
+ * request_free()) and answers at once what needs no body: 503 while
+ * stopping, 404, 405, 413 from Content-Length, 415. */
+enum MHD_Result request_begin(struct api *a, struct MHD_Connection *conn, const char *url,
+                              const char *method, struct request **ret);
+/* Every later callback. */
+enum MHD_Result request_continue(struct request *req, const char *data, size_t *size);
+/* NOTIFY_COMPLETED. Accepts NULL. */
+void request_free(struct request *req);
+
+/* Suspends the connection; call from the handler, before handing the
+ * request to whatever resumes it. */
+void request_suspend(struct request *req);
+/* Resumes a suspended request, once per suspend, from any thread. req may
+ * be gone when this returns. */
+void request_wake(struct request *req);
+/* Suspends, then registers the waiter on req->id for seconds. On failure
+ * the request resumes at once with req->error set. */
+void request_watch(struct request *req, double seconds);
+
+/* A query string argument, or NULL. */
+const char *request_arg(struct request *req, const char *name);
+
+#endif

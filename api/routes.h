@@ -1,0 +1,44 @@
+/* The routing table: one row per {method, path pattern}, and the handlers
+ * it names. A handler runs once the body is in (parsed when the route takes
+ * one), and again after each resume with req->resumed set; it either queues
+ * an answer or suspends and returns MHD_YES. */
+#ifndef FUTURED_API_ROUTES_H
+#define FUTURED_API_ROUTES_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <microhttpd.h>
+
+struct request;
+
+enum {
+        ROUTE_BODY = 1u << 0,   /* takes a JSON body */
+};
+
+struct route {
+        const char *method;
+        const char *pattern;    /* "{id}" matches a job id: a decimal integer > 0 */
+        unsigned flags;
+        enum MHD_Result (*handler)(struct request *req);
+};
+
+/* The row for method and path, with the path's id (0 when none). -ENOENT
+ * when no pattern matches the path; -EOPNOTSUPP when patterns match but not
+ * the method, with the methods that do in allow ("GET, DELETE"). HEAD is
+ * served as GET. */
+int route_find(const char *method, const char *path, const struct route **ret,
+               int64_t *ret_id, char *allow, size_t allowlen);
+
+/* jobs.c */
+enum MHD_Result jobs_submit(struct request *req);
+enum MHD_Result jobs_list(struct request *req);
+enum MHD_Result jobs_get(struct request *req);
+enum MHD_Result jobs_delete(struct request *req);
+enum MHD_Result jobs_cancel(struct request *req);
+
+/* misc.c */
+enum MHD_Result misc_tasks(struct request *req);
+enum MHD_Result misc_stats(struct request *req);
+enum MHD_Result misc_healthz(struct request *req);
+
+#endif

@@ -1,0 +1,233 @@
+/* The HTTP server: libmicrohttpd with an epoll thread pool and
+ * suspend/resume. Invariants:
+ * - per-request state is made on a request's first callback and freed only
+ *   in NOTIFY_COMPLETED (request.c);
+ * - a suspended connection is resumed exactly once, by whatever it waits
+ *   for (a commit, a hub waiter), and the answer is queued on MHD's thread
+ *   when the handler runs again;
+ * - MHD_stop_daemon() only runs once no connection is suspended: quiesce
+ *   fires every hub waiter, and the writer (still running) resumes the
+ *   submissions and deletes it holds. */
+#include "api/server.h"
+
+#include <errno.h>
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "api/hub.h"
+#include "api/request.h"
+#include "daemon/log.h"
+#include "storage/store.h"
+
+/* Seconds api_stop() waits for suspended requests to be answered. */
+#define API_STOP_WAIT 10
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+        struct api *a = cls;
+        char line[512];
+        size_t n;
+
+        vsnprintf(line, sizeof(line), fmt, ap);
+        n = strlen(line);
+        while (n > 0 && line[n - 1] == '\n')
+                line[--n] = '\0';
+        /* Once serving, MHD mostly reports clients that went away. */
+        log_msg(atomic_load(&a->serving) ? LOG_DEBUG : LOG_WARNING, "http: %s", line);
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version, const char *data,
+                                 size_t *size, void **con_cls)
+{
+        struct request *req = *con_cls;
+        enum MHD_Result ret;
+
+        (void) version;
+        if (req)
+                return request_continue(req, data, size);
+        ret = request_begin(cls, conn, url, method, &req);
+        *con_cls = req;
+        return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+        (void) cls;
+        (void) conn;
+        (void) toe;
+        request_free(*con_cls);
+        *con_cls = NULL;
+}
+
+static void reader_destroy(void *r)
+{
+        store_reader_close(r);
+}
+
+int api_reader(struct api *a, struct store_reader **ret)
+{
+        struct store_reader *r = pthread_getspecific(a->reader_key);
+        int k;
+
+        if (!r) {
+                k = store_reader_open(a->d.store, &r);
+                if (k < 0)
+                        return k;
+                k = -pthread_setspecific(a->reader_key, r);
+                if (k < 0) {
+                        store_reader_close(r);
+                        return k;
+                }
+        }
+        *ret = r;
+        return 0;
+}
+
+static unsigned mhd_flags(int fd)
+{
+        unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
+                         MHD_USE_ERROR_LOG;
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+
+        if (getsockname(fd, (struct sockaddr *) &ss, &len) == 0 && ss.ss_family == AF_INET6)
+                flags |= MHD_USE_DUAL_STACK;
+        return flags;
+}
+
+int api_start(const struct api_options *o, const struct api_deps *d, struct api **ret)
+{
+        struct api *a;
+        int r;
+
+        a = calloc(1, sizeof(*a));
+        if (!a) {
+                close(o->listen_fd);
+                return -ENOMEM;
+        }
+        a->o = *o;
+        a->d = *d;
+        a->quiesced_fd = -1;
+        r = -pthread_mutex_init(&a->lock, NULL);
+        if (r < 0)
+                goto fail_free;
+        r = -pthread_cond_init(&a->idle, NULL);
+        if (r < 0)
+                goto fail_lock;
+        r = -pthread_key_create(&a->reader_key, reader_destroy);
+        if (r < 0)
+                goto fail_cond;
+        r = hub_new(&a->hub);
+        if (r < 0)
+                goto fail_key;
+
+        a->mhd = MHD_start_daemon(mhd_flags(o->listen_fd), 0, NULL, NULL, on_access, a,
+                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, a,
+                                  MHD_OPTION_LISTEN_SOCKET, (MHD_socket) o->listen_fd,
+                                  MHD_OPTION_THREAD_POOL_SIZE, o->threads,
+                                  MHD_OPTION_CONNECTION_TIMEOUT, o->connection_timeout,
+                                  MHD_OPTION_CONNECTION_LIMIT, o->max_connections,
+                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+                                  MHD_OPTION_END);
+        if (!a->mhd) {
+                /* MHD logged why; it disposed of the socket it was given. */
+                hub_free(a->hub);
+                pthread_key_delete(a->reader_key);
+                pthread_cond_destroy(&a->idle);
+                pthread_mutex_destroy(&a->lock);
+                free(a);
+                return -EIO;
+        }
+        atomic_store(&a->serving, true);
+        *ret = a;
+        return 0;
+
+fail_key:
+        pthread_key_delete(a->reader_key);
+fail_cond:
+        pthread_cond_destroy(&a->idle);
+fail_lock:
+        pthread_mutex_destroy(&a->lock);
+fail_free:
+        free(a);
+        close(o->listen_fd);
+        return r;
+}
+
+void api_job_finished(int64_t id, void *api)
+{
+        struct api *a = api;
+
+        hub_fire_id(a->hub, id);
+}
+
+void api_quiesce(struct api *a)
+{
+        MHD_socket fd;
+
+        if (!a || atomic_exchange(&a->stopping, true))
+                return;
+        fd = MHD_quiesce_daemon(a->mhd);
+        if (fd != MHD_INVALID_SOCKET) {
+                /* MHD's threads may still hold the fd, so it is closed only
+                 * after MHD_stop_daemon(); shutting it down now refuses new
+                 * clients at once instead of leaving them in the backlog. */
+                a->quiesced_fd = fd;
+                if (shutdown(fd, SHUT_RDWR) < 0)
+                        log_debug("http: shutdown of the listening socket: %m");
+        }
+        hub_stop(a->hub);
+}
+
+/* Waits up to API_STOP_WAIT for no connection to be suspended; returns how
+ * many still are. */
+static unsigned wait_idle(struct api *a)
+{
+        struct timespec until;
+        unsigned left;
+
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += API_STOP_WAIT;
+        pthread_mutex_lock(&a->lock);
+        while (a->suspended > 0 &&
+               pthread_cond_clockwait(&a->idle, &a->lock, CLOCK_MONOTONIC, &until) == 0)
+                continue;
+        left = a->suspended;
+        pthread_mutex_unlock(&a->lock);
+        return left;
+}
+
+void api_stop(struct api *a)
+{
+        unsigned left;
+
+        if (!a)
+                return;
+        api_quiesce(a);
+        left = wait_idle(a);
+        if (left > 0) {
+                /* MHD_stop_daemon() with suspended connections hangs or
+                 * aborts; leaving the server to process exit is the lesser
+                 * harm. */
+                log_error("http: %u requests still suspended after %ds; not stopping the server",
+                          left, API_STOP_WAIT);
+                return;
+        }
+        MHD_stop_daemon(a->mhd);
+        if (a->quiesced_fd >= 0)
+                close(a->quiesced_fd);
+        hub_free(a->hub);
+        pthread_key_delete(a->reader_key);
+        pthread_cond_destroy(&a->idle);
+        pthread_mutex_destroy(&a->lock);
+        free(a);
+}

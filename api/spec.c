@@ -1,0 +1,336 @@
+/* Job spec validation. Nothing here is trusted: every field is checked for
+ * type and range before it is used, unknown fields are refused rather than
+ * ignored (a typo must not silently fall back to a default), and a JSON
+ * `null` for an optional field means "the default". Booleans are never
+ * numbers, and jansson already refuses integers beyond int64 and reals that
+ * overflow (1e400), so a number that reaches the range checks is finite. */
+#include "api/spec.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tasks/task.h"
+
+static const char *const spec_fields[] = {
+        "task", "args", "kind", "timeout", "max_attempts", "priority", "key", "tag", NULL,
+};
+
+__attribute__((format(printf, 3, 4)))
+static int spec_fail(struct spec_error *err, const char *code, const char *fmt, ...)
+{
+        va_list ap;
+
+        err->code = code;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof(err->message), fmt, ap);
+        va_end(ap);
+        return strcmp(code, "internal") == 0 ? -ENOMEM : -EINVAL;
+}
+
+/* Counts nesting on the raw text, before jansson builds anything, so a body
+ * of a million '[' costs one pass and no allocation. */
+static bool depth_ok(const char *text, size_t len)
+{
+        bool in_string = false, escaped = false;
+        unsigned depth = 0;
+
+        for (size_t i = 0; i < len; i++) {
+                char c = text[i];
+
+                if (in_string) {
+                        if (escaped)
+                                escaped = false;
+                        else if (c == '\\')
+                                escaped = true;
+                        else if (c == '"')
+                                in_string = false;
+                } else if (c == '"')
+                        in_string = true;
+                else if (c == '[' || c == '{') {
+                        if (++depth > SPEC_MAX_DEPTH)
+                                return false;
+                } else if ((c == ']' || c == '}') && depth > 0)
+                        depth--;
+        }
+        return true;
+}
+
+int spec_parse(const char *text, size_t len, json_t **ret, struct spec_error *err)
+{
+        json_error_t jerr;
+        json_t *v;
+
+        if (len == 0)
+                return spec_fail(err, "invalid_json", "the request body is empty; send a JSON object");
+        if (!depth_ok(text, len))
+                return spec_fail(err, "too_deep", "JSON nesting is deeper than %d levels",
+                                 SPEC_MAX_DEPTH);
+        v = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+        if (!v)
+                return spec_fail(err, "invalid_json", "invalid JSON at line %d, column %d: %s",
+                                 jerr.line, jerr.column, jerr.text);
+        *ret = v;
+        return 0;
+}
+
+static int check_fields(const json_t *spec, struct spec_error *err)
+{
+        const char *name;
+        json_t *v;
+
+        json_object_foreach((json_t *) spec, name, v) {
+                const char *const *f;
+
+                for (f = spec_fields; *f; f++)
+                        if (strcmp(*f, name) == 0)
+                                break;
+                if (!*f)
+                        return spec_fail(err, "unknown_field",
+                                         "unknown field \"%.64s\"; a job spec has task, args, "
+                                         "kind, timeout, max_attempts, priority, key and tag",
+                                         name);
+        }
+        return 0;
+}
+
+/* The field, or NULL when absent or null. */
+static const json_t *field(const json_t *spec, const char *name)
+{
+        const json_t *v = json_object_get(spec, name);
+
+        return json_is_null(v) ? NULL : v;
+}
+
+static int get_int(const json_t *spec, const char *name, int min, int max, int def, int *ret,
+                   struct spec_error *err)
+{
+        const json_t *v = field(spec, name);
+        json_int_t i;
+
+        if (!v) {
+                *ret = def;
+                return 0;
+        }
+        i = json_is_integer(v) ? json_integer_value(v) : (json_int_t) min - 1;
+        if (i < min || i > max)
+                return spec_fail(err, "invalid_request", "\"%s\" must be an integer from %d to %d",
+                                 name, min, max);
+        *ret = (int) i;
+        return 0;
+}
+
+static int get_timeout(const json_t *spec, double def, double *ret, struct spec_error *err)
+{
+        const json_t *v = field(spec, "timeout");
+        double t;
+
+        if (!v) {
+                *ret = def;
+                return 0;
+        }
+        t = json_is_number(v) ? json_number_value(v) : -1;
+        if (!(t > 0 && t <= SPEC_MAX_TIMEOUT))
+                return spec_fail(err, "invalid_request",
+                                 "\"timeout\" must be a number of seconds, > 0 and <= %.0f",
+                                 SPEC_MAX_TIMEOUT);
+        *ret = t;
+        return 0;
+}
+
+static int get_task(const json_t *spec, const struct task **ret, struct spec_error *err)
+{
+        const json_t *v = field(spec, "task");
+        const struct task *t;
+
+        if (!v)
+                return spec_fail(err, "invalid_request", "\"task\" is required");
+        if (!json_is_string(v))
+                return spec_fail(err, "invalid_request", "\"task\" must be a string");
+        t = task_find(json_string_value(v));
+        if (!t)
+                return spec_fail(err, "unknown_task",
+                                 "unknown task \"%.64s\"; GET /v1/tasks lists them",
+                                 json_string_value(v));
+        *ret = t;
+        return 0;
+}
+
+static int get_kind(const json_t *spec, const struct task *t, enum job_kind *ret,
+                    struct spec_error *err)
+{
+        const json_t *v = field(spec, "kind");
+        enum job_kind k = t->default_kind;
+
+        if (v) {
+                if (!json_is_string(v))
+                        return spec_fail(err, "invalid_request", "\"kind\" must be a string");
+                if (job_kind_parse(json_string_value(v), &k) < 0)
+                        return spec_fail(err, "invalid_kind", "\"kind\" must be \"io\" or \"cpu\"");
+        }
+        if (!task_can_run(t, k))
+                return spec_fail(err, "invalid_kind", "task \"%s\" cannot run as kind \"%s\"",
+                                 t->name, job_kind_name(k));
+        *ret = k;
+        return 0;
+}
+
+/* Names positional args after the task's parameters (starmap). */
+static int name_args(const struct task *t, const json_t *array, json_t **ret,
+                     struct spec_error *err)
+{
+        size_t nparams = 0, i;
+        json_t *obj;
+
+        if (!t->params)
+                return spec_fail(err, "invalid_args",
+                                 "task \"%s\" takes no positional args; give \"args\" as an object",
+                                 t->name);
+        while (t->params[nparams])
+                nparams++;
+        if (json_array_size(array) > nparams)
+                return spec_fail(err, "invalid_args",
+                                 "task \"%s\" takes at most %zu positional args, %zu given",
+                                 t->name, nparams, json_array_size(array));
+        obj = json_object();
+        if (!obj)
+                return spec_fail(err, "internal", "out of memory");
+        for (i = 0; i < json_array_size(array); i++)
+                if (json_object_set(obj, t->params[i], json_array_get(array, i)) < 0) {
+                        json_decref(obj);
+                        return spec_fail(err, "internal", "out of memory");
+                }
+        *ret = obj;
+        return 0;
+}
+
+/* *ret: the args as compact JSON text, owned by the caller. */
+static int get_args(const json_t *spec, const struct task *t, char **ret, struct spec_error *err)
+{
+        const json_t *v = field(spec, "args");
+        char msg[sizeof(err->message) - 32];
+        json_t *args;
+        char *text;
+        int r;
+
+        if (!v)
+                args = json_object();
+        else if (json_is_object(v))
+                args = json_incref((json_t *) v);
+        else if (json_is_array(v)) {
+                r = name_args(t, v, &args, err);
+                if (r < 0)
+                        return r;
+        } else
+                return spec_fail(err, "invalid_request", "\"args\" must be an object or an array");
+        if (!args)
+                return spec_fail(err, "internal", "out of memory");
+
+        msg[0] = '\0';
+        r = t->validate ? t->validate(args, msg, sizeof(msg)) : 0;
+        if (r < 0) {
+                json_decref(args);
+                return spec_fail(err, "invalid_args", "task \"%s\": %s", t->name,
+                                 msg[0] ? msg : "invalid args");
+        }
+        text = json_dumps(args, JSON_COMPACT);
+        json_decref(args);
+        if (!text)
+                return spec_fail(err, "internal", "out of memory");
+        *ret = text;
+        return 0;
+}
+
+static int get_key(const json_t *spec, char **ret, struct spec_error *err)
+{
+        const json_t *v = field(spec, "key");
+        size_t n;
+
+        *ret = NULL;
+        if (!v)
+                return 0;
+        n = json_is_string(v) ? json_string_length(v) : 0;
+        if (n < 1 || n > SPEC_MAX_KEY)
+                return spec_fail(err, "invalid_request", "\"key\" must be a string of 1 to %d bytes",
+                                 SPEC_MAX_KEY);
+        *ret = strdup(json_string_value(v));
+        return *ret ? 0 : spec_fail(err, "internal", "out of memory");
+}
+
+static int get_tag(const json_t *spec, char **ret, struct spec_error *err)
+{
+        const json_t *v = field(spec, "tag");
+        char *text;
+
+        *ret = NULL;
+        if (!v)
+                return 0;
+        text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!text)
+                return spec_fail(err, "internal", "out of memory");
+        if (strlen(text) > SPEC_MAX_TAG) {
+                free(text);
+                return spec_fail(err, "invalid_request",
+                                 "\"tag\" must be at most %d bytes as compact JSON", SPEC_MAX_TAG);
+        }
+        *ret = text;
+        return 0;
+}
+
+int spec_job(const json_t *spec, const struct spec_defaults *d, struct job **ret,
+             struct spec_error *err)
+{
+        const struct task *t = NULL;
+        struct job *j;
+        int r;
+
+        if (!json_is_object(spec))
+                return spec_fail(err, "invalid_request", "a job spec must be a JSON object");
+        r = check_fields(spec, err);
+        if (r < 0)
+                return r;
+        r = get_task(spec, &t, err);
+        if (r < 0)
+                return r;
+
+        j = job_new();
+        if (!j)
+                return spec_fail(err, "internal", "out of memory");
+        j->state = JOB_PENDING;
+        j->task = strdup(t->name);
+        if (!j->task) {
+                r = spec_fail(err, "internal", "out of memory");
+                goto fail;
+        }
+        r = get_kind(spec, t, &j->kind, err);
+        if (r < 0)
+                goto fail;
+        r = get_timeout(spec, d->timeout, &j->timeout, err);
+        if (r < 0)
+                goto fail;
+        r = get_int(spec, "max_attempts", 1, SPEC_MAX_ATTEMPTS, t->default_max_attempts,
+                    &j->max_attempts, err);
+        if (r < 0)
+                goto fail;
+        r = get_int(spec, "priority", -SPEC_MAX_PRIORITY, SPEC_MAX_PRIORITY, 0, &j->priority, err);
+        if (r < 0)
+                goto fail;
+        r = get_key(spec, &j->key, err);
+        if (r < 0)
+                goto fail;
+        r = get_tag(spec, &j->tag, err);
+        if (r < 0)
+                goto fail;
+        r = get_args(spec, t, &j->args, err);
+        if (r < 0)
+                goto fail;
+        *ret = j;
+        return 0;
+
+fail:
+        job_free(j);
+        return r;
+}

@@ -9,6 +9,7 @@
  * close the store. */
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +132,7 @@ static int run(const struct config *c)
         struct iopool *iopool = NULL;
         struct procpool *procpool = NULL;
         struct api *api = NULL;
+        bool drained = false;
         int fd = -1, r;
 
         r = open_listener(c, &fd);
@@ -222,7 +224,11 @@ static int run(const struct config *c)
         sd_notify(0, "STOPPING=1");
         api_quiesce(api);
         sched_drain(sched, c->shutdown_grace);
+        drained = true;
 out:
+        /* The pools' threads wait in sched_take() until the scheduler stops. */
+        if (sched && !drained)
+                sched_drain(sched, 0);
         iopool_stop(iopool);
         procpool_stop(procpool);
         __atomic_store_n(&the_api, NULL, __ATOMIC_RELEASE);

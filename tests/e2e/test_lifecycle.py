@@ -1,0 +1,195 @@
+"""Process life: SIGTERM with work in flight answers open long-polls, exits 0
+within the grace period, leaves no worker behind and requeues what it
+interrupted; start-up errors are clear; an idle daemon burns no CPU."""
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+import harness
+from harness import HOST, Daemon, poll_until, proc_alive, proc_cpu_ticks
+
+
+def server_rx_queue(server_port, client_port):
+        """Bytes the daemon has not read yet on the connection from
+        client_port, or None while the kernel shows no such socket."""
+        want_local = "%04X" % server_port
+        want_remote = "%04X" % client_port
+        with open("/proc/net/tcp") as f:
+                next(f)
+                for line in f:
+                        fields = line.split()
+                        local, remote = fields[1], fields[2]
+                        if local.endswith(":" + want_local) and remote.endswith(":" + want_remote):
+                                return int(fields[4].split(":")[1], 16)
+        return None
+
+
+class LongPoll:
+        """A GET ?wait on its own connection and thread; ready() once the
+        daemon has read the whole request."""
+
+        def __init__(self, d, jid, wait):
+                self.d = d
+                self.conn = http.client.HTTPConnection(HOST, d.port, timeout=wait + 30)
+                self.conn.connect()
+                self.client_port = self.conn.sock.getsockname()[1]
+                self.sent = threading.Event()
+                self.status = self.body = self.error = None
+                self.answered_at = None
+                self.thread = threading.Thread(target=self.run, args=(jid, wait))
+                self.thread.start()
+
+        def run(self, jid, wait):
+                try:
+                        self.conn.request("GET", "/v1/jobs/%s?wait=%g" % (jid, wait))
+                        self.sent.set()
+                        r = self.conn.getresponse()
+                        self.status, self.body = r.status, r.read()
+                except Exception as e:      # reported by the test
+                        self.error = e
+                finally:
+                        self.answered_at = time.monotonic()
+                        self.sent.set()
+                        self.conn.close()
+
+        def wait_read(self):
+                assert self.sent.wait(5), "long-poll request not sent"
+                poll_until(lambda: server_rx_queue(self.d.port, self.client_port) == 0, 5,
+                           "the daemon to read the long-poll request")
+
+        def join(self, timeout):
+                self.thread.join(timeout)
+                assert not self.thread.is_alive(), "the long-poll got no answer within %.0f s" % timeout
+                assert self.error is None, "the long-poll failed: %r" % (self.error,)
+                return self.status, json.loads(self.body)
+
+
+class TestShutdown(unittest.TestCase):
+        def tearDown(self):
+                d = getattr(self, "d", None)
+                if d is not None and d.running():
+                        d.stop()
+
+        def assertAnswered(self, lp, jid):
+                status, body = lp.join(10)
+                if status == 200:
+                        self.assertEqual(body["id"], jid)
+                        self.assertIn(body["state"], harness.STATES)
+                else:
+                        self.assertEqual(status, 503, "long-poll at shutdown got %r %r" % (status, body))
+                        self.assertIsInstance(body["error"]["code"], str)
+                return status, body
+
+        def test_sigterm_interrupts_and_requeues(self):
+                self.d = d = Daemon(io_threads=2, cpu_workers=2, shutdown_grace=0.5)
+                d.start()
+                j = d.submit({"task": "sleep", "args": {"seconds": 2}, "max_attempts": 1, "timeout": 30})
+                d.wait_state(j["id"], "running")
+                lp = LongPoll(d, j["id"], 20)
+                lp.wait_read()
+                workers = d.cpu_pids()
+                took = d.stop(signal.SIGTERM, timeout=10)
+                self.assertLess(took, 0.5 + 3.0, "exit %.2f s after SIGTERM with a 0.5 s grace" % took)
+                self.assertAnswered(lp, j["id"])
+                poll_until(lambda: not any(proc_alive(p) for p in workers), 2,
+                           "no cpu worker to outlive the daemon")
+                d.restart()
+                j = d.wait(j["id"], timeout=10)
+                self.assertEqual(j["state"], "succeeded", "the job interrupted by SIGTERM was not requeued: %r" % (j,))
+                self.assertEqual(j["attempts"], 1, "the shutdown counted as an attempt: %r" % (j,))
+                self.assertIsNone(j["error"])
+
+        def test_sigterm_lets_running_jobs_finish(self):
+                self.d = d = Daemon(io_threads=2, cpu_workers=1, shutdown_grace=10)
+                d.start()
+                j = d.submit({"task": "sleep", "args": {"seconds": 0.8}, "timeout": 30})
+                d.wait_state(j["id"], "running")
+                lp = LongPoll(d, j["id"], 20)
+                lp.wait_read()
+                took = d.stop(signal.SIGTERM, timeout=15)
+                self.assertLess(took, 5.0, "a 0.8 s job held the shutdown %.2f s" % took)
+                self.assertAnswered(lp, j["id"])
+                d.restart()
+                j = d.job(j["id"])
+                self.assertEqual(j["state"], "succeeded", "a job within the grace period did not finish: %r" % (j,))
+                self.assertEqual(j["attempts"], 1)
+
+        def test_sigterm_cpu_job(self):
+                self.d = d = Daemon(io_threads=1, cpu_workers=2, shutdown_grace=0.2)
+                d.start()
+                j = d.submit({"task": "sqrt_sum", "args": {"n": 3_000_000_000}, "timeout": 120})
+                d.wait_state(j["id"], "running")
+                workers = d.cpu_pids()
+                took = d.stop(signal.SIGTERM, timeout=10)
+                self.assertLess(took, 3.0, "exit %.2f s after SIGTERM with a 0.2 s grace" % took)
+                poll_until(lambda: not any(proc_alive(p) for p in workers), 2,
+                           "no cpu worker to outlive the daemon")
+                d.restart()
+                j = d.job(j["id"])
+                self.assertIn(j["state"], ("pending", "running"), "a requeued cpu job: %r" % (j,))
+                r = d.request("POST", "/v1/jobs/%s/cancel" % j["id"])
+                self.assertIn(r.status, (200, 202), r)
+                self.assertEqual(d.wait(j["id"])["state"], "cancelled")
+
+        def test_sigint(self):
+                self.d = d = Daemon(io_threads=1, cpu_workers=1)
+                d.start()
+                d.wait(d.submit({"task": "noop"})["id"])
+                d.stop(signal.SIGINT, timeout=10)
+
+        def test_idle_cpu(self):
+                self.d = d = Daemon(io_threads=4, cpu_workers=2)
+                d.start()
+                d.wait(d.submit({"task": "sqrt_sum", "args": {"n": 1000}})["id"])
+                pids = [d.pid] + d.cpu_pids()
+                d.client.close()
+                t0 = [proc_cpu_ticks(p) for p in pids]
+                time.sleep(2.0)         # the measurement window itself
+                used = [proc_cpu_ticks(p) - t for p, t in zip(pids, t0)]
+                self.assertLessEqual(sum(used), 2, "idle daemon and workers used %r ticks in 2 s" % (used,))
+
+
+class TestStartup(unittest.TestCase):
+        def run_bin(self, *args):
+                return subprocess.run([harness.futured_bin()] + list(args), stdin=subprocess.DEVNULL,
+                                      capture_output=True, timeout=10)
+
+        def test_help_and_version(self):
+                r = self.run_bin("--help")
+                self.assertEqual(r.returncode, 0, r)
+                self.assertIn(b"--io-threads", r.stdout + r.stderr)
+                r = self.run_bin("--version")
+                self.assertEqual(r.returncode, 0, r)
+                self.assertTrue((r.stdout + r.stderr).strip())
+
+        def test_bad_flags(self):
+                for args in (("--bogus",), ("--io-threads", "0"), ("--io-threads", "many"),
+                             ("--cpu-workers", "-1"), ("--log-level", "loud")):
+                        with self.subTest(args):
+                                with tempfile.TemporaryDirectory() as tmp:
+                                        r = self.run_bin(*args, "--listen", "%s:%d" % (HOST, harness.free_port()),
+                                                         "--db", os.path.join(tmp, "x.db"))
+                                self.assertNotEqual(r.returncode, 0, r)
+                                self.assertTrue(r.stderr.strip(), "no message for %r" % (args,))
+
+        def test_port_in_use(self):
+                d = Daemon(io_threads=1, cpu_workers=1)
+                d.start()
+                try:
+                        r = self.run_bin("--listen", "%s:%d" % (HOST, d.port), "--db", d.db + "-2")
+                        self.assertNotEqual(r.returncode, 0, r)
+                        self.assertTrue(r.stderr.strip())
+                        self.assertEqual(d.request("GET", "/healthz").status, 200)
+                finally:
+                        d.stop()
+
+
+if __name__ == "__main__":
+        harness.main()

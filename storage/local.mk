@@ -1,4 +1,5 @@
 libfutured_a_SOURCES += \
+	storage/batch.c storage/batch.h \
 	storage/job.c storage/job.h \
 	storage/schema.c storage/schema.h \
 	storage/store.c storage/store.h storage/store-internal.h \

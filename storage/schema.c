@@ -53,7 +53,45 @@
  *               state, and recovery of pending and running jobs at start.
  *   jobs_task   listing newest-first by task.
  *   jobs_batch  listing newest-first by batch.
- *   jobs_seq    MAX(seq) at start, and completion order for streams. */
+ *   jobs_seq    MAX(seq) at start, and completion order for streams.
+ *
+ * Version 2: table batches, one row per batch whose upload began and that
+ * has not been forgotten (DELETE, retention). A batch is stored in steps
+ * (storage/batch.h): its row, then its jobs chunk by chunk, then the seal.
+ *
+ *   id            INTEGER PRIMARY KEY AUTOINCREMENT: never reused, as jobs.id.
+ *   sealed        INTEGER 0 | 1: 0 while the upload runs. An unsealed batch
+ *                 and its jobs exist for nobody but the writer: readers skip
+ *                 them and recovery deletes them, since no client was told.
+ *   size          INTEGER: items stored. While unsealed it grows with each
+ *                 chunk, so that the seal can check the count the client
+ *                 sent without counting rows; fixed from the seal on.
+ *   priority      INTEGER: the priority of every item.
+ *   limits        TEXT: JSON object of per-batch limits; NULL if none.
+ *   done          INTEGER: items finished, = succeeded + failed + cancelled.
+ *   succeeded, failed, cancelled
+ *                 INTEGER: items finished in each state.
+ *                 The writer keeps these four counters in the transaction
+ *                 that finishes each job, so that reading a batch never
+ *                 scans its jobs: running is counted over the few running
+ *                 jobs, and pending = size - done - running.
+ *   created_at    INTEGER ms: the upload began.
+ *   sealed_at     INTEGER ms: sealed; NULL while unsealed.
+ *   finished_at   INTEGER ms: the last item finished (done reached size
+ *                 after the seal; the seal itself for an empty batch); NULL
+ *                 until then. Only a finished batch may be forgotten.
+ *
+ * Indexes, each for a query that must not scan a table:
+ *   batches_open        unsealed batches: recovery, and readers hiding their
+ *                       jobs (there are few at any time).
+ *   batches_finished    retention, oldest finished batch first.
+ *   jobs_batch_seq      a batch's results in completion order, seq > cursor.
+ *   jobs_finished       retention of finished jobs outside batches, oldest
+ *                       first (batch jobs go with their batch).
+ * A batch's pending jobs get no index of their own, which would cost every
+ * upload one more b-tree insert per item: jobs_batch walks them from a
+ * cursor, and jobs_state, which files them apart from finished jobs, lets
+ * a cancel in chunks skip those cancelled before. */
 #include "storage/schema.h"
 
 #include <errno.h>
@@ -94,14 +132,28 @@ static const char *const migrations[] = {
         "CREATE INDEX jobs_task ON jobs(task, id);"
         "CREATE INDEX jobs_batch ON jobs(batch, id) WHERE batch IS NOT NULL;"
         "CREATE UNIQUE INDEX jobs_seq ON jobs(seq) WHERE seq IS NOT NULL;",
+        /* 2 */
+        "CREATE TABLE batches ("
+        "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  sealed INTEGER NOT NULL DEFAULT 0 CHECK (sealed IN (0, 1)),"
+        "  size INTEGER NOT NULL DEFAULT 0 CHECK (size >= 0),"
+        "  priority INTEGER NOT NULL DEFAULT 0,"
+        "  limits TEXT,"
+        "  done INTEGER NOT NULL DEFAULT 0,"
+        "  succeeded INTEGER NOT NULL DEFAULT 0,"
+        "  failed INTEGER NOT NULL DEFAULT 0,"
+        "  cancelled INTEGER NOT NULL DEFAULT 0,"
+        "  created_at INTEGER NOT NULL,"
+        "  sealed_at INTEGER,"
+        "  finished_at INTEGER"
+        ");"
+        "CREATE INDEX batches_open ON batches(id) WHERE sealed = 0;"
+        "CREATE INDEX batches_finished ON batches(finished_at) WHERE finished_at IS NOT NULL;"
+        "CREATE INDEX jobs_batch_seq ON jobs(batch, seq)"
+        "  WHERE batch IS NOT NULL AND seq IS NOT NULL;"
+        "CREATE INDEX jobs_finished ON jobs(finished_at)"
+        "  WHERE batch IS NULL AND finished_at IS NOT NULL;",
 };
-
-static int exec(sqlite3 *db, const char *sql)
-{
-        int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
-
-        return rc == SQLITE_OK ? 0 : store_errno(rc);
-}
 
 static int user_version(sqlite3 *db, int *ret)
 {
@@ -125,7 +177,7 @@ static int migrate_step(sqlite3 *db)
         char bump[64];
         int version = 0, r;
 
-        r = exec(db, "BEGIN IMMEDIATE");
+        r = store_exec(db, "BEGIN IMMEDIATE");
         if (r < 0)
                 return r;
         /* Read inside the write transaction: another process cannot migrate
@@ -138,17 +190,17 @@ static int migrate_step(sqlite3 *db)
                 goto rollback;
         }
         if ((size_t) version == ARRAY_SIZE(migrations)) {
-                r = exec(db, "COMMIT");
+                r = store_exec(db, "COMMIT");
                 return r < 0 ? r : 0;
         }
-        r = exec(db, migrations[version]);
+        r = store_exec(db, migrations[version]);
         if (r < 0)
                 goto rollback;
         snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", version + 1);
-        r = exec(db, bump);
+        r = store_exec(db, bump);
         if (r < 0)
                 goto rollback;
-        r = exec(db, "COMMIT");
+        r = store_exec(db, "COMMIT");
         if (r < 0)
                 goto rollback;
         return 1;

@@ -1,7 +1,8 @@
 /* What storage/ shares inside itself and nobody else may use: the write
  * connection (owned by the store, driven only by the writer thread once it
- * runs), the mapping of SQLite result codes to errno codes, and bind helpers
- * that keep the first error so that a run of binds is checked once. */
+ * runs), the mapping of SQLite result codes to errno codes, plain SQL
+ * execution, and bind helpers that keep the first error so that a run of
+ * binds is checked once. */
 #ifndef FUTURED_STORE_INTERNAL_H
 #define FUTURED_STORE_INTERNAL_H
 
@@ -10,7 +11,14 @@
 
 #include "storage/store.h"
 
+/* Every connection waits this long for a lock; the writer shortens it only
+ * around its idle checkpoint. */
+#define STORE_BUSY_TIMEOUT_MS 5000
+
 sqlite3 *store_db(struct store *s);
+
+/* Runs SQL that takes no values and returns no rows. */
+int store_exec(sqlite3 *db, const char *sql);
 
 /* A negative errno code for a SQLite result code other than OK/ROW/DONE:
  * -EINVAL and -E2BIG mean the statement's values were refused (constraint,

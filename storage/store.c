@@ -4,7 +4,11 @@
  * store_recover() before the writer starts). Each reader is its own
  * read-only connection with statements prepared once; every statement is
  * reset as soon as its last row is read, because an open read transaction
- * pins the WAL and keeps checkpoints from finishing. */
+ * pins the WAL and keeps checkpoints from finishing.
+ *
+ * The jobs of an unsealed batch exist for no reader (storage/batch.h):
+ * queries that could meet one filter it out with VISIBLE, a lookup in the
+ * few unsealed batches. */
 #include "storage/store.h"
 
 #include <errno.h>
@@ -17,8 +21,6 @@
 #include "storage/schema.h"
 #include "storage/store-internal.h"
 
-#define BUSY_TIMEOUT_MS 5000
-
 /* The columns of a job row in the order of enum col. */
 #define JOB_COLUMNS \
         "id, task, kind, state, args, tag, key, result, error, timeout, " \
@@ -30,6 +32,27 @@ enum col {
         COL_RESULT, COL_ERROR, COL_TIMEOUT, COL_PRIORITY, COL_ATTEMPTS,
         COL_MAX_ATTEMPTS, COL_BATCH, COL_BATCH_INDEX, COL_SEQ, COL_CREATED_AT,
         COL_STARTED_AT, COL_FINISHED_AT, COL_READY_AT,
+};
+
+/* True for a job row that is not part of an unsealed batch. */
+#define VISIBLE \
+        "(batch IS NULL OR NOT EXISTS (SELECT 1 FROM batches " \
+        "  WHERE batches.id = jobs.batch AND batches.sealed = 0))"
+
+/* A sealed batch's row and its running jobs in one statement, so that both
+ * come from one snapshot and the counts sum to size. "+batch" keeps SQLite
+ * from reading the batch's every job through jobs_batch: jobs_state finds
+ * the few running ones. Columns in the order of enum batch_col. */
+#define BATCH_SELECT \
+        "SELECT size, priority, limits, done, succeeded, failed, cancelled, " \
+        "  created_at, sealed_at, finished_at, " \
+        "  (SELECT count(*) FROM jobs WHERE state = 'running' AND +batch = ?1) " \
+        "FROM batches WHERE id = ?1 AND sealed = 1"
+
+enum batch_col {
+        BCOL_SIZE, BCOL_PRIORITY, BCOL_LIMITS, BCOL_DONE, BCOL_SUCCEEDED,
+        BCOL_FAILED, BCOL_CANCELLED, BCOL_CREATED_AT, BCOL_SEALED_AT,
+        BCOL_FINISHED_AT, BCOL_RUNNING,
 };
 
 /* List statements exist for every combination of these filters; a query
@@ -51,6 +74,9 @@ struct store_reader {
         sqlite3_stmt *get;
         sqlite3_stmt *count;
         sqlite3_stmt *list[LIST__COMBINATIONS];
+        sqlite3_stmt *batch;
+        sqlite3_stmt *results[2];       /* by enum store_order */
+        sqlite3_stmt *pending;
 };
 
 int store_errno(int sqlite_rc)
@@ -107,7 +133,7 @@ sqlite3 *store_db(struct store *s)
         return s->db;
 }
 
-static int exec(sqlite3 *db, const char *sql)
+int store_exec(sqlite3 *db, const char *sql)
 {
         int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
 
@@ -121,7 +147,7 @@ static int db_open(const char *path, int flags, sqlite3 **ret)
 
         rc = sqlite3_open_v2(path, &db, flags | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE, NULL);
         if (rc == SQLITE_OK)
-                rc = sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+                rc = sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
         if (rc != SQLITE_OK) {
                 sqlite3_close(db);
                 return store_errno(rc);
@@ -180,11 +206,11 @@ int store_open(const struct store_options *o, struct store **ret)
         r = set_wal(s->db);
         if (r < 0)
                 goto fail;
-        r = exec(s->db, o->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+        r = store_exec(s->db, o->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
         if (r < 0)
                 goto fail;
         /* A WAL that grew under load is cut back to 64 MiB once reset. */
-        r = exec(s->db, "PRAGMA journal_size_limit = 67108864");
+        r = store_exec(s->db, "PRAGMA journal_size_limit = 67108864");
         if (r < 0)
                 goto fail;
         r = schema_migrate(s->db);
@@ -271,13 +297,19 @@ fail:
         return r;
 }
 
-/* Hands every row of st to cb, then resets st. */
-static int walk_jobs(sqlite3_stmt *st, int (*cb)(struct job *j, void *ud), void *ud)
+/* Hands every row of st to cb, or each up to the first job not finished
+ * when until_unfinished, then resets st. */
+static int walk_jobs(sqlite3_stmt *st, bool until_unfinished,
+                     int (*cb)(struct job *j, void *ud), void *ud)
 {
         struct job *j;
         int rc, r = 0;
 
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                if (until_unfinished && sqlite3_column_type(st, COL_SEQ) == SQLITE_NULL) {
+                        rc = SQLITE_DONE;
+                        break;
+                }
                 r = job_from_row(st, &j);
                 if (r < 0)
                         break;
@@ -304,48 +336,103 @@ static const char recover_failed_sql[] =
         "     (SELECT COALESCE(MAX(seq), 0) AS seq FROM jobs WHERE seq IS NOT NULL) AS top "
         "WHERE jobs.id = r.id";
 
-static int recover_running(sqlite3 *db)
+/* The batch counters of the jobs that recover_failed_sql fails, read while
+ * they are still running. */
+static const char recover_counts_sql[] =
+        "UPDATE batches SET done = done + r.n, failed = failed + r.n, "
+        "  finished_at = CASE WHEN sealed = 1 AND done + r.n = size THEN ?1 ELSE finished_at END "
+        "FROM (SELECT batch, count(*) AS n FROM jobs "
+        "      WHERE state = 'running' AND attempts >= max_attempts AND batch IS NOT NULL "
+        "      GROUP BY batch) AS r "
+        "WHERE batches.id = r.batch";
+
+/* Sealed batches with work left, for the scheduler to feed again: once
+ * nothing runs, a batch has pending jobs exactly while done < size. */
+static const char recover_batches_sql[] =
+        "SELECT id, priority FROM batches WHERE sealed = 1 AND done < size ORDER BY id";
+
+/* Runs sql with ?1 bound to v. */
+static int exec_int64(sqlite3 *db, const char *sql, int64_t v)
 {
         sqlite3_stmt *st;
         int rc;
 
-        rc = sqlite3_prepare_v2(db, recover_failed_sql, -1, &st, NULL);
+        rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return store_errno(rc);
-        rc = sqlite3_bind_int64(st, 1, job_now_ms());
+        rc = sqlite3_bind_int64(st, 1, v);
         if (rc == SQLITE_OK)
                 rc = sqlite3_step(st);
         sqlite3_finalize(st);
         return rc == SQLITE_DONE ? 0 : store_errno(rc);
 }
 
-int store_recover(struct store *s, int (*cb)(struct job *j, void *ud), void *ud)
+/* The changes of recovery, inside one transaction. */
+static int recover_rows(sqlite3 *db, int64_t retry_delay_ms)
+{
+        int64_t now = job_now_ms();
+        int r;
+
+        r = store_exec(db, "DELETE FROM jobs WHERE batch IN (SELECT id FROM batches WHERE sealed = 0)");
+        if (r == 0)
+                r = store_exec(db, "DELETE FROM batches WHERE sealed = 0");
+        if (r == 0)
+                r = exec_int64(db, recover_counts_sql, now);
+        if (r == 0)
+                r = exec_int64(db, recover_failed_sql, now);
+        if (r == 0)
+                r = exec_int64(db, "UPDATE jobs SET state = 'pending', ready_at = ?1 WHERE state = 'running'",
+                               now + retry_delay_ms);
+        return r;
+}
+
+static int recover_batches(sqlite3 *db, const struct store_recovery *rec)
+{
+        sqlite3_stmt *st;
+        int rc, r = 0;
+
+        rc = sqlite3_prepare_v2(db, recover_batches_sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return store_errno(rc);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                r = rec->batch(sqlite3_column_int64(st, 0), sqlite3_column_int(st, 1), rec->userdata);
+                if (r < 0)
+                        break;
+        }
+        if (r == 0 && rc != SQLITE_DONE)
+                r = store_errno(rc);
+        sqlite3_finalize(st);
+        return r;
+}
+
+int store_recover(struct store *s, const struct store_recovery *rec)
 {
         sqlite3_stmt *st;
         int rc, r;
 
-        r = exec(s->db, "BEGIN IMMEDIATE");
+        r = store_exec(s->db, "BEGIN IMMEDIATE");
         if (r < 0)
                 return r;
-        r = recover_running(s->db);
+        r = recover_rows(s->db, rec->retry_delay_ms);
         if (r == 0)
-                r = exec(s->db, "UPDATE jobs SET state = 'pending' WHERE state = 'running'");
-        if (r == 0)
-                r = exec(s->db, "COMMIT");
+                r = store_exec(s->db, "COMMIT");
         if (r < 0) {
                 if (!sqlite3_get_autocommit(s->db))
-                        exec(s->db, "ROLLBACK");
+                        store_exec(s->db, "ROLLBACK");
                 return r;
         }
 
         rc = sqlite3_prepare_v2(s->db,
-                                "SELECT " JOB_COLUMNS " FROM jobs WHERE state = 'pending' ORDER BY id",
+                                "SELECT " JOB_COLUMNS " FROM jobs "
+                                "WHERE state = 'pending' AND batch IS NULL ORDER BY id",
                                 -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return store_errno(rc);
-        r = walk_jobs(st, cb, ud);
+        r = walk_jobs(st, false, rec->job, rec->userdata);
         sqlite3_finalize(st);
-        return r;
+        if (r < 0)
+                return r;
+        return recover_batches(s->db, rec);
 }
 
 void store_reader_close(struct store_reader *rd)
@@ -356,6 +443,10 @@ void store_reader_close(struct store_reader *rd)
         sqlite3_finalize(rd->count);
         for (int i = 0; i < LIST__COMBINATIONS; i++)
                 sqlite3_finalize(rd->list[i]);
+        sqlite3_finalize(rd->batch);
+        sqlite3_finalize(rd->results[STORE_ORDER_COMPLETION]);
+        sqlite3_finalize(rd->results[STORE_ORDER_SUBMISSION]);
+        sqlite3_finalize(rd->pending);
         sqlite3_close(rd->db);
         free(rd);
 }
@@ -367,13 +458,24 @@ static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **ret)
         return rc == SQLITE_OK ? 0 : store_errno(rc);
 }
 
+/* Counts by state less the jobs of unsealed batches, found through the
+ * few unsealed batch rows. */
+static const char count_sql[] =
+        "SELECT state, sum(n) FROM ("
+        "  SELECT state, count(*) AS n FROM jobs GROUP BY state"
+        "  UNION ALL"
+        "  SELECT state, -count(*) FROM jobs"
+        "  WHERE batch IN (SELECT id FROM batches WHERE sealed = 0) GROUP BY state"
+        ") GROUP BY state";
+
 /* ?1 the cursor (ids below it), ?2 state, ?3 task, ?4 batch, ?5 limit. */
 static int prepare_list(sqlite3 *db, int filters, sqlite3_stmt **ret)
 {
-        char sql[512];
+        char sql[1024];
 
         snprintf(sql, sizeof(sql),
-                 "SELECT " JOB_COLUMNS " FROM jobs WHERE id < ?1%s%s%s ORDER BY id DESC LIMIT ?5",
+                 "SELECT " JOB_COLUMNS " FROM jobs WHERE id < ?1 AND " VISIBLE "%s%s%s "
+                 "ORDER BY id DESC LIMIT ?5",
                  filters & LIST_STATE ? " AND state = ?2" : "",
                  filters & LIST_TASK ? " AND task = ?3" : "",
                  filters & LIST_BATCH ? " AND batch = ?4" : "");
@@ -391,13 +493,13 @@ int store_reader_open(struct store *s, struct store_reader **ret)
         r = db_open(s->path, SQLITE_OPEN_READONLY, &rd->db);
         if (r < 0)
                 goto fail;
-        r = exec(rd->db, "PRAGMA query_only = ON");
+        r = store_exec(rd->db, "PRAGMA query_only = ON");
         if (r < 0)
                 goto fail;
-        r = prepare(rd->db, "SELECT " JOB_COLUMNS " FROM jobs WHERE id = ?1", &rd->get);
+        r = prepare(rd->db, "SELECT " JOB_COLUMNS " FROM jobs WHERE id = ?1 AND " VISIBLE, &rd->get);
         if (r < 0)
                 goto fail;
-        r = prepare(rd->db, "SELECT state, count(*) FROM jobs GROUP BY state", &rd->count);
+        r = prepare(rd->db, count_sql, &rd->count);
         if (r < 0)
                 goto fail;
         for (int i = 0; i < LIST__COMBINATIONS; i++) {
@@ -405,6 +507,31 @@ int store_reader_open(struct store *s, struct store_reader **ret)
                 if (r < 0)
                         goto fail;
         }
+        r = prepare(rd->db, BATCH_SELECT, &rd->batch);
+        if (r < 0)
+                goto fail;
+        /* No check that the batch is sealed: an unsealed batch has no
+         * finished job, and its first job stops the submission walk. */
+        r = prepare(rd->db,
+                    "SELECT " JOB_COLUMNS " FROM jobs WHERE batch = ?1 AND seq > ?2 "
+                    "ORDER BY seq LIMIT ?3",
+                    &rd->results[STORE_ORDER_COMPLETION]);
+        if (r < 0)
+                goto fail;
+        r = prepare(rd->db,
+                    "SELECT " JOB_COLUMNS " FROM jobs WHERE batch = ?1 AND id > ?2 "
+                    "ORDER BY id LIMIT ?3",
+                    &rd->results[STORE_ORDER_SUBMISSION]);
+        if (r < 0)
+                goto fail;
+        r = prepare(rd->db,
+                    "SELECT " JOB_COLUMNS " FROM jobs "
+                    "WHERE batch = ?1 AND state = 'pending' AND id > ?2 "
+                    "  AND EXISTS (SELECT 1 FROM batches WHERE id = ?1 AND sealed = 1) "
+                    "ORDER BY id LIMIT ?3",
+                    &rd->pending);
+        if (r < 0)
+                goto fail;
         *ret = rd;
         return 0;
 
@@ -455,7 +582,7 @@ int store_list_jobs(struct store_reader *rd, const struct store_filter *f,
         store_bind_int64(st, 5, f->limit, &rc);
         if (rc != SQLITE_OK)
                 return store_errno(rc);
-        return walk_jobs(st, cb, ud);
+        return walk_jobs(st, false, cb, ud);
 }
 
 int store_count_states(struct store_reader *rd, int64_t ret_counts[JOB_STATE__COUNT])
@@ -479,4 +606,91 @@ int store_count_states(struct store_reader *rd, int64_t ret_counts[JOB_STATE__CO
                 return r;
         memcpy(ret_counts, counts, sizeof(counts));
         return 0;
+}
+
+static int batch_from_row(sqlite3_stmt *st, int64_t id, struct batch **ret)
+{
+        struct batch *b;
+        int64_t done, running;
+        int r;
+
+        b = batch_new();
+        if (!b)
+                return -ENOMEM;
+        r = column_strdup(st, BCOL_LIMITS, &b->limits);
+        if (r < 0) {
+                batch_free(b);
+                return r;
+        }
+        b->id = id;
+        b->sealed = true;
+        b->size = sqlite3_column_int64(st, BCOL_SIZE);
+        b->priority = sqlite3_column_int(st, BCOL_PRIORITY);
+        done = sqlite3_column_int64(st, BCOL_DONE);
+        running = sqlite3_column_int64(st, BCOL_RUNNING);
+        b->counts[JOB_PENDING] = b->size - done - running;
+        b->counts[JOB_RUNNING] = running;
+        b->counts[JOB_SUCCEEDED] = sqlite3_column_int64(st, BCOL_SUCCEEDED);
+        b->counts[JOB_FAILED] = sqlite3_column_int64(st, BCOL_FAILED);
+        b->counts[JOB_CANCELLED] = sqlite3_column_int64(st, BCOL_CANCELLED);
+        b->created_at = sqlite3_column_int64(st, BCOL_CREATED_AT);
+        b->sealed_at = column_int64(st, BCOL_SEALED_AT, 0);
+        b->finished_at = column_int64(st, BCOL_FINISHED_AT, 0);
+        *ret = b;
+        return 0;
+}
+
+int store_get_batch(struct store_reader *rd, int64_t id, struct batch **ret)
+{
+        int rc, r;
+
+        rc = sqlite3_bind_int64(rd->batch, 1, id);
+        if (rc != SQLITE_OK)
+                return store_errno(rc);
+        rc = sqlite3_step(rd->batch);
+        if (rc == SQLITE_ROW)
+                r = batch_from_row(rd->batch, id, ret);
+        else
+                r = rc == SQLITE_DONE ? -ENOENT : store_errno(rc);
+        sqlite3_reset(rd->batch);
+        return r;
+}
+
+/* Binds a batch walk's batch, cursor and limit as ?1..?3. */
+static int bind_walk(sqlite3_stmt *st, int64_t batch, int64_t after, int limit)
+{
+        int rc = SQLITE_OK;
+
+        if (limit <= 0 || after < 0)
+                return -EINVAL;
+        store_bind_int64(st, 1, batch, &rc);
+        store_bind_int64(st, 2, after, &rc);
+        store_bind_int64(st, 3, limit, &rc);
+        return rc == SQLITE_OK ? 0 : store_errno(rc);
+}
+
+int store_batch_results(struct store_reader *rd, int64_t batch, enum store_order order,
+                        int64_t after, int limit, int (*cb)(struct job *j, void *ud), void *ud)
+{
+        sqlite3_stmt *st;
+        int r;
+
+        if (order != STORE_ORDER_COMPLETION && order != STORE_ORDER_SUBMISSION)
+                return -EINVAL;
+        st = rd->results[order];
+        r = bind_walk(st, batch, after, limit);
+        if (r < 0)
+                return r;
+        return walk_jobs(st, order == STORE_ORDER_SUBMISSION, cb, ud);
+}
+
+int store_batch_pending(struct store_reader *rd, int64_t batch, int64_t after_id, int limit,
+                        int (*cb)(struct job *j, void *ud), void *ud)
+{
+        int r;
+
+        r = bind_walk(rd->pending, batch, after_id, limit);
+        if (r < 0)
+                return r;
+        return walk_jobs(rd->pending, false, cb, ud);
 }

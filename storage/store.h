@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "storage/batch.h"
 #include "storage/job.h"
 
 struct store;
@@ -23,12 +24,21 @@ struct store_options {
 int store_open(const struct store_options *o, struct store **ret);
 void store_close(struct store *s);
 
-/* Start-up recovery, run once before the writer starts: jobs left running
- * go back to pending while attempts remain, else fail with "interrupted".
- * Then every pending job is handed to cb in id order; cb owns the job it is
- * given and returns 0, or a negative code that stops the walk and is
- * returned. */
-int store_recover(struct store *s, int (*cb)(struct job *j, void *ud), void *ud);
+/* Start-up recovery, run once before the writer starts: unsealed batches
+ * and their jobs are deleted (their upload never finished, nobody was told
+ * of them); jobs left running go back to pending, not to run before
+ * now + retry_delay_ms, while attempts remain, else fail with
+ * "interrupted". Then every pending job outside a batch is handed to job()
+ * in id order (it owns the job it is given), and every sealed batch that
+ * still has pending jobs to batch(). A negative return of a callback stops
+ * the walk and is returned. */
+struct store_recovery {
+        int64_t retry_delay_ms;
+        int (*job)(struct job *j, void *userdata);
+        int (*batch)(int64_t batch, int priority, void *userdata);
+        void *userdata;
+};
+int store_recover(struct store *s, const struct store_recovery *rec);
 
 /* Readers: not thread-safe, use one per thread. */
 int store_reader_open(struct store *s, struct store_reader **ret);
@@ -51,5 +61,27 @@ int store_list_jobs(struct store_reader *r, const struct store_filter *f,
                     int (*cb)(struct job *j, void *ud), void *ud);
 
 int store_count_states(struct store_reader *r, int64_t ret_counts[JOB_STATE__COUNT]);
+
+/* A sealed batch with its counts by state; -ENOENT when there is none (or
+ * it is not sealed). *ret is the caller's. */
+int store_get_batch(struct store_reader *r, int64_t id, struct batch **ret);
+
+enum store_order {
+        STORE_ORDER_COMPLETION,         /* by seq; the cursor is a seq */
+        STORE_ORDER_SUBMISSION,         /* by id; the cursor is a job id */
+};
+
+/* Up to limit finished jobs of a batch after the cursor `after` (0: from
+ * the start), in the given order. In submission order the walk stops at the
+ * first job not finished, so item i comes only after every item before it.
+ * cb owns each job; a negative return stops the walk and is returned. */
+int store_batch_results(struct store_reader *r, int64_t batch, enum store_order order,
+                        int64_t after, int limit, int (*cb)(struct job *j, void *ud), void *ud);
+
+/* Up to limit pending jobs of a sealed batch with id > after_id, in id
+ * order: how the scheduler feeds a batch without holding it in memory. cb
+ * owns each job. */
+int store_batch_pending(struct store_reader *r, int64_t batch, int64_t after_id, int limit,
+                        int (*cb)(struct job *j, void *ud), void *ud);
 
 #endif

@@ -11,24 +11,65 @@
 #define FUTURED_WRITER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
+#include "storage/batch.h"
 #include "storage/job.h"
 #include "storage/store.h"
 
 enum wop_type {
         WOP_SUBMIT,     /* insert job; fills job->id, job->created_at */
         WOP_START,      /* job->id now running: attempts, started_at */
-        WOP_FINISH,     /* job->id finished: state, result, error, finished_at; fills job->seq */
+        WOP_FINISH,     /* job->id finished: state, result, error, finished_at; fills
+                         * job->seq; a batch job also counts in its batch */
         WOP_REQUEUE,    /* job->id back to pending: attempts, ready_at */
         WOP_DELETE,     /* forget finished job->id */
+        /* Batches (storage/batch.h), all through op->batch: */
+        WOP_BATCH_OPEN,         /* insert unsealed; fills batch->id, created_at */
+        WOP_BATCH_ITEMS,        /* insert op->jobs[0..n_jobs) into the open batch;
+                                 * each job's batch and index are set by the
+                                 * caller; fills their ids and created_at */
+        WOP_BATCH_SEAL,         /* batch->size items stored: visible from now on */
+        WOP_BATCH_ABORT,        /* forget the unsealed batch and its jobs */
+        /* Every pending job of the sealed batch ends cancelled, each with its
+         * own seq, at most WRITER_CHUNK per op: op->count says how many; the
+         * caller pushes again while it is WRITER_CHUNK. */
+        WOP_BATCH_CANCEL,
+        /* Forget a sealed batch and its jobs; -EBUSY while any is pending or
+         * running, -ENOENT when there is no such sealed batch. */
+        WOP_BATCH_DELETE,
+        /* Retention: delete at most WRITER_CHUNK finished jobs outside
+         * batches and whole finished batches (their jobs counted) whose
+         * finished_at < op->cutoff; op->count says how many jobs went. */
+        WOP_PURGE,
 };
+
+#define WRITER_CHUNK 10000
 
 struct wop {
         enum wop_type type;
         struct job *job;        /* not owned by the writer */
-        /* Out: 0; SUBMIT: -EEXIST when job->key was taken (job->id is then
-         * the existing job's); DELETE: -ENOENT, or -EBUSY when not finished;
+        struct batch *batch;    /* batch ops; not owned */
+        struct job **jobs;      /* WOP_BATCH_ITEMS; not owned */
+        size_t n_jobs;
+        int64_t cutoff;         /* WOP_PURGE: ms since the epoch */
+        size_t count;           /* out: WOP_BATCH_CANCEL, WOP_PURGE */
+        /* Out: 0, or:
+         * SUBMIT: -EEXIST when job->key was taken (job->id is then the
+         *   existing job's);
+         * SUBMIT, FINISH, BATCH_OPEN: -EINVAL or -E2BIG when the schema
+         *   refused a value (a missing field, a text too big): the op fails
+         *   alone, the rest of its transaction commits;
+         * START, FINISH, REQUEUE: -ENOENT when the job is absent or finished;
+         * DELETE: -ENOENT, or -EBUSY when not finished;
+         * BATCH_ITEMS: -EEXIST when a key was taken, -EINVAL or -E2BIG when
+         *   a value was refused or a job names another batch: no job of the
+         *   op is stored;
+         * BATCH_ITEMS, BATCH_SEAL, BATCH_ABORT: -ENOENT unless the batch is
+         *   open (stored, unsealed);
+         * BATCH_SEAL: -EINVAL when batch->size is not the items stored;
+         * BATCH_CANCEL: -ENOENT unless the batch is sealed;
          * any op: -EIO when the store failed. */
         int result;
         void (*done)(struct wop *op);

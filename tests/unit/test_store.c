@@ -1,6 +1,8 @@
-/* Tests of storage/: schema, store reads and recovery, and the writer,
- * each in a fresh directory. Ops are waited for through their done()
- * callbacks on a condvar; the commit hook stands in for a failing disk. */
+/* Tests of storage/: schema, store reads and recovery, the writer, and
+ * batches, each in a fresh directory. Ops are waited for through their
+ * done() callbacks on a condvar; the commit hook stands in for a failing
+ * disk. test_batch_throughput measures BATCH_ITEMS: STORE_BENCH_ITEMS
+ * items (default 100000) in chunks of 1000. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -14,8 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "storage/batch.h"
 #include "storage/job.h"
 #include "storage/store.h"
 #include "storage/writer.h"
@@ -67,17 +71,24 @@ static void op_init(struct wop *op, enum wop_type type, struct job *j, struct wa
         *op = (struct wop) { .type = type, .job = j, .done = op_done, .userdata = wt };
 }
 
-/* Pushes one op and waits for it; returns its result. */
-static int run_op(struct writer *w, enum wop_type type, struct job *j)
+/* Pushes op and waits for it; returns its result. */
+static int run_wop(struct writer *w, struct wop *op)
 {
         struct waiter wt;
-        struct wop op;
 
         waiter_init(&wt, 1);
-        op_init(&op, type, j, &wt);
-        writer_push(w, &op);
+        op->done = op_done;
+        op->userdata = &wt;
+        writer_push(w, op);
         waiter_wait(&wt);
-        return op.result;
+        return op->result;
+}
+
+static int run_op(struct writer *w, enum wop_type type, struct job *j)
+{
+        struct wop op = { .type = type, .job = j };
+
+        return run_wop(w, &op);
 }
 
 static struct job *make_job(const char *task, const char *key)
@@ -190,7 +201,7 @@ static void test_open_migrate_reopen(void **state)
         store_up(f);
         j = submit(f, "noop", NULL);
         store_down(f);
-        assert_int_equal(user_version(f->path, -1), 1);
+        assert_int_equal(user_version(f->path, -1), 2);
 
         /* Reopening keeps the data and does not migrate again. */
         store_up(f);
@@ -198,13 +209,13 @@ static void test_open_migrate_reopen(void **state)
         assert_string_equal(got->task, "noop");
         job_free(got);
         store_down(f);
-        assert_int_equal(user_version(f->path, -1), 1);
+        assert_int_equal(user_version(f->path, -1), 2);
 
         /* A file from a newer futured is refused, not misread. */
-        user_version(f->path, 2);
+        user_version(f->path, 3);
         assert_int_equal(store_open(&o, &s), -EPROTO);
         assert_null(s);
-        user_version(f->path, 1);
+        user_version(f->path, 2);
         job_free(j);
 }
 
@@ -551,7 +562,8 @@ static void test_recover(void **state)
         }
 
         assert_int_equal(store_open(&o, &f->store), 0);
-        assert_int_equal(store_recover(f->store, collect, &c), 0);
+        assert_int_equal(store_recover(f->store, &(struct store_recovery){ .job = collect, .userdata = &c }),
+                         0);
         assert_int_equal(c.n, 2);
         assert_int_equal(c.ids[0], pending->id);
         assert_int_equal(c.ids[1], retry->id);
@@ -730,6 +742,819 @@ static void test_many_threads(void **state)
         assert_int_equal(stats.failures, 0);
 }
 
+/* The version-1 format as released, to test the migration from it. */
+static const char v1_schema[] =
+        "CREATE TABLE jobs ("
+        "  id INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL,"
+        "  kind TEXT NOT NULL CHECK (kind IN ('io', 'cpu')),"
+        "  state TEXT NOT NULL CHECK (state IN"
+        "    ('pending', 'running', 'succeeded', 'failed', 'cancelled')),"
+        "  args TEXT NOT NULL, tag TEXT, key TEXT, result TEXT, error TEXT,"
+        "  timeout REAL NOT NULL CHECK (timeout > 0),"
+        "  priority INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,"
+        "  max_attempts INTEGER NOT NULL CHECK (max_attempts >= 1),"
+        "  batch INTEGER, batch_index INTEGER, seq INTEGER,"
+        "  created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER,"
+        "  ready_at INTEGER NOT NULL DEFAULT 0,"
+        "  CHECK ((seq IS NULL) = (state IN ('pending', 'running')))"
+        ");"
+        "CREATE UNIQUE INDEX jobs_key ON jobs(key) WHERE key IS NOT NULL;"
+        "CREATE INDEX jobs_state ON jobs(state, id);"
+        "CREATE INDEX jobs_task ON jobs(task, id);"
+        "CREATE INDEX jobs_batch ON jobs(batch, id) WHERE batch IS NOT NULL;"
+        "CREATE UNIQUE INDEX jobs_seq ON jobs(seq) WHERE seq IS NOT NULL;"
+        "INSERT INTO jobs (task, kind, state, args, timeout, max_attempts, seq, created_at, finished_at)"
+        "  VALUES ('noop', 'io', 'succeeded', '{}', 30, 1, 1, 1000, 2000);"
+        "PRAGMA user_version = 1;";
+
+/* A single-row, single-column query on the file, outside the store. */
+static int64_t query_int64(const char *path, const char *sql)
+{
+        sqlite3 *db;
+        sqlite3_stmt *st;
+        int64_t v;
+
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        v = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+        return v;
+}
+
+static int batch_op(struct fixture *f, enum wop_type type, struct batch *b, size_t *ret_count)
+{
+        struct wop op = { .type = type, .batch = b };
+        int r = run_wop(f->writer, &op);
+
+        if (ret_count)
+                *ret_count = op.count;
+        return r;
+}
+
+static int batch_items(struct fixture *f, struct batch *b, struct job **jobs, size_t n)
+{
+        struct wop op = { .type = WOP_BATCH_ITEMS, .batch = b, .jobs = jobs, .n_jobs = n };
+
+        return run_wop(f->writer, &op);
+}
+
+static struct batch *batch_open(struct fixture *f, int priority)
+{
+        struct batch *b = batch_new();
+
+        assert_non_null(b);
+        b->priority = priority;
+        assert_int_equal(batch_op(f, WOP_BATCH_OPEN, b, NULL), 0);
+        assert_true(b->id > 0);
+        assert_true(b->created_at > 0);
+        return b;
+}
+
+/* n items of b; the array and its jobs are the caller's (free_items). */
+static struct job **make_items(struct batch *b, size_t n)
+{
+        struct job **jobs = calloc(n, sizeof(*jobs));
+
+        assert_non_null(jobs);
+        for (size_t i = 0; i < n; i++) {
+                jobs[i] = make_job("noop", NULL);
+                jobs[i]->batch = b->id;
+                jobs[i]->index = (int64_t) i;
+                jobs[i]->priority = b->priority;
+        }
+        return jobs;
+}
+
+static void free_items(struct job **jobs, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                job_free(jobs[i]);
+        free(jobs);
+}
+
+/* A sealed batch of n items stored in chunks of chunk. */
+static struct batch *upload(struct fixture *f, size_t n, size_t chunk, struct job ***ret_jobs)
+{
+        struct batch *b = batch_open(f, 0);
+        struct job **jobs = make_items(b, n);
+
+        for (size_t i = 0; i < n; i += chunk)
+                assert_int_equal(batch_items(f, b, jobs + i, n - i < chunk ? n - i : chunk), 0);
+        b->size = (int64_t) n;
+        assert_int_equal(batch_op(f, WOP_BATCH_SEAL, b, NULL), 0);
+        *ret_jobs = jobs;
+        return b;
+}
+
+static struct batch *get_batch(struct fixture *f, int64_t id)
+{
+        struct batch *b = NULL;
+        int64_t sum = 0;
+
+        assert_int_equal(store_get_batch(f->reader, id, &b), 0);
+        for (int s = 0; s < JOB_STATE__COUNT; s++) {
+                assert_true(b->counts[s] >= 0);
+                sum += b->counts[s];
+        }
+        assert_int_equal(sum, b->size);
+        return b;
+}
+
+static void start(struct fixture *f, struct job *j)
+{
+        j->attempts++;
+        j->started_at = job_now_ms();
+        assert_int_equal(run_op(f->writer, WOP_START, j), 0);
+}
+
+static int count_jobs(struct job *j, void *ud)
+{
+        (*(int64_t *) ud)++;
+        job_free(j);
+        return 0;
+}
+
+static void test_migrate_from_v1(void **state)
+{
+        struct fixture *f = *state;
+        struct job *got;
+        struct batch *b;
+        sqlite3 *db;
+
+        assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, v1_schema, NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+        assert_int_equal(user_version(f->path, -1), 1);
+
+        store_up(f);
+        assert_int_equal(user_version(f->path, -1), 2);
+        assert_int_equal(store_get_job(f->reader, 1, &got), 0);
+        assert_int_equal(got->state, JOB_SUCCEEDED);
+        assert_int_equal(got->seq, 1);
+        job_free(got);
+        b = batch_open(f, 1);
+        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM sqlite_master "
+                                              "WHERE name IN ('jobs_batch_seq', 'jobs_finished', "
+                                              "'batches_open', 'batches_finished')"),
+                         4);
+        batch_free(b);
+}
+
+static void test_batch_upload(void **state)
+{
+        struct fixture *f = *state;
+        struct batch *b, *got, *empty;
+        struct job **jobs, *taken, *j, *bad;
+        int64_t counts[JOB_STATE__COUNT], n = 0;
+        struct collected c;
+
+        store_up(f);
+        b = batch_open(f, 3);
+        jobs = make_items(b, 10);
+        assert_int_equal(batch_items(f, b, jobs, 4), 0);
+        assert_int_equal(batch_items(f, b, jobs + 4, 4), 0);
+        for (int i = 1; i < 8; i++)
+                assert_true(jobs[i]->id > jobs[i - 1]->id);
+
+        /* A chunk with a taken key fails whole and leaves the batch as it
+         * was; so does one whose job names another batch. */
+        taken = submit(f, "noop", "taken");
+        free(jobs[9]->key);
+        jobs[9]->key = strdup("taken");
+        assert_int_equal(batch_items(f, b, jobs + 8, 2), -EEXIST);
+        assert_int_equal(jobs[8]->id, 0);
+        assert_int_equal(jobs[9]->id, 0);
+        free(jobs[9]->key);
+        jobs[9]->key = NULL;
+        jobs[9]->batch = b->id + 1;
+        assert_int_equal(batch_items(f, b, jobs + 8, 2), -EINVAL);
+        assert_int_equal(jobs[8]->id, 0);
+        jobs[9]->batch = b->id;
+
+        /* Unsealed: nobody sees the batch or its jobs. */
+        assert_int_equal(store_get_batch(f->reader, b->id, &got), -ENOENT);
+        assert_int_equal(store_get_job(f->reader, jobs[0]->id, &j), -ENOENT);
+        c = list(f, -1, NULL, 0, 0, 10);
+        assert_int_equal(c.n, 1);
+        assert_int_equal(c.ids[0], taken->id);
+        c = list(f, -1, NULL, b->id, 0, 10);
+        assert_int_equal(c.n, 0);
+        assert_int_equal(store_count_states(f->reader, counts), 0);
+        assert_int_equal(counts[JOB_PENDING], 1);
+        assert_int_equal(store_batch_pending(f->reader, b->id, 0, 100, count_jobs, &n), 0);
+        assert_int_equal(n, 0);
+
+        assert_int_equal(batch_items(f, b, jobs + 8, 2), 0);
+        b->size = 9;
+        assert_int_equal(batch_op(f, WOP_BATCH_SEAL, b, NULL), -EINVAL);
+        b->size = 10;
+        assert_int_equal(batch_op(f, WOP_BATCH_SEAL, b, NULL), 0);
+        assert_true(b->sealed);
+        assert_true(b->sealed_at > 0);
+        assert_int_equal(b->finished_at, 0);
+        assert_int_equal(batch_op(f, WOP_BATCH_SEAL, b, NULL), -ENOENT);
+        bad = make_job("noop", NULL);
+        bad->batch = b->id;
+        assert_int_equal(batch_items(f, b, &bad, 1), -ENOENT);
+        assert_int_equal(batch_op(f, WOP_BATCH_ABORT, b, NULL), -ENOENT);
+
+        got = get_batch(f, b->id);
+        assert_int_equal(got->size, 10);
+        assert_int_equal(got->priority, 3);
+        assert_int_equal(got->counts[JOB_PENDING], 10);
+        assert_int_equal(got->created_at, b->created_at);
+        assert_int_equal(got->sealed_at, b->sealed_at);
+        assert_int_equal(got->finished_at, 0);
+        batch_free(got);
+        assert_int_equal(store_get_job(f->reader, jobs[9]->id, &j), 0);
+        assert_int_equal(j->batch, b->id);
+        assert_int_equal(j->index, 9);
+        job_free(j);
+        assert_int_equal(store_count_states(f->reader, counts), 0);
+        assert_int_equal(counts[JOB_PENDING], 11);
+        assert_int_equal(store_batch_pending(f->reader, b->id, 0, 100, count_jobs, &n), 0);
+        assert_int_equal(n, 10);
+
+        /* An empty batch is finished once sealed. */
+        empty = batch_open(f, 0);
+        assert_int_equal(batch_op(f, WOP_BATCH_SEAL, empty, NULL), 0);
+        assert_true(empty->finished_at > 0);
+        got = get_batch(f, empty->id);
+        assert_int_equal(got->size, 0);
+        assert_int_equal(got->finished_at, empty->finished_at);
+        batch_free(got);
+
+        free_items(jobs, 10);
+        job_free(taken);
+        job_free(bad);
+        batch_free(b);
+        batch_free(empty);
+}
+
+static void test_batch_abort(void **state)
+{
+        struct fixture *f = *state;
+        struct batch *b;
+        struct job **jobs;
+
+        store_up(f);
+        b = batch_open(f, 0);
+        jobs = make_items(b, 6);
+        assert_int_equal(batch_items(f, b, jobs, 3), 0);
+        assert_int_equal(batch_items(f, b, jobs + 3, 3), 0);
+        assert_int_equal(batch_op(f, WOP_BATCH_ABORT, b, NULL), 0);
+        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM jobs"), 0);
+        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM batches"), 0);
+        assert_int_equal(batch_op(f, WOP_BATCH_ABORT, b, NULL), -ENOENT);
+        assert_int_equal(batch_op(f, WOP_BATCH_DELETE, b, NULL), -ENOENT);
+        assert_int_equal(batch_items(f, b, jobs, 3), -ENOENT);
+        free_items(jobs, 6);
+        batch_free(b);
+}
+
+static void test_batch_finish_counts(void **state)
+{
+        struct fixture *f = *state;
+        struct batch *b, *got;
+        struct job **jobs;
+
+        store_up(f);
+        b = upload(f, 5, 2, &jobs);
+        start(f, jobs[0]);
+        start(f, jobs[1]);
+        finish(f, jobs[1], JOB_SUCCEEDED);
+        finish(f, jobs[2], JOB_FAILED);
+        got = get_batch(f, b->id);
+        assert_int_equal(got->counts[JOB_PENDING], 2);
+        assert_int_equal(got->counts[JOB_RUNNING], 1);
+        assert_int_equal(got->counts[JOB_SUCCEEDED], 1);
+        assert_int_equal(got->counts[JOB_FAILED], 1);
+        assert_int_equal(got->counts[JOB_CANCELLED], 0);
+        assert_int_equal(got->finished_at, 0);
+        batch_free(got);
+
+        /* A FINISH that does not apply counts nothing. */
+        assert_int_equal(run_op(f->writer, WOP_FINISH, jobs[1]), -ENOENT);
+        finish(f, jobs[3], JOB_CANCELLED);
+        finish(f, jobs[0], JOB_SUCCEEDED);
+        got = get_batch(f, b->id);
+        assert_int_equal(got->counts[JOB_PENDING], 1);
+        assert_int_equal(got->counts[JOB_SUCCEEDED], 2);
+        assert_int_equal(got->finished_at, 0);
+        batch_free(got);
+
+        jobs[4]->finished_at = 0;
+        jobs[4]->state = JOB_SUCCEEDED;
+        assert_int_equal(run_op(f->writer, WOP_FINISH, jobs[4]), 0);
+        assert_true(jobs[4]->finished_at > 0);
+        got = get_batch(f, b->id);
+        assert_int_equal(got->counts[JOB_PENDING], 0);
+        assert_int_equal(got->counts[JOB_RUNNING], 0);
+        assert_int_equal(got->counts[JOB_SUCCEEDED], 3);
+        assert_int_equal(got->counts[JOB_FAILED], 1);
+        assert_int_equal(got->counts[JOB_CANCELLED], 1);
+        assert_int_equal(got->finished_at, jobs[4]->finished_at);
+        batch_free(got);
+        free_items(jobs, 5);
+        batch_free(b);
+}
+
+/* Cursor pages of a batch's results: checks the order, no duplicate, and
+ * moves the cursor. */
+struct page {
+        enum store_order order;
+        int64_t cursor;
+        int64_t ids[64];
+        int n;
+};
+
+static int page_add(struct job *j, void *ud)
+{
+        struct page *p = ud;
+
+        assert_true(job_state_finished(j->state));
+        if (p->order == STORE_ORDER_COMPLETION) {
+                assert_true(j->seq > p->cursor);
+                p->cursor = j->seq;
+        } else {
+                assert_true(j->id > p->cursor);
+                p->cursor = j->id;
+        }
+        for (int i = 0; i < p->n; i++)
+                assert_true(p->ids[i] != j->id);
+        assert_true(p->n < 64);
+        p->ids[p->n++] = j->id;
+        job_free(j);
+        return 0;
+}
+
+/* Reads every page of limit results from the start. */
+static struct page read_pages(struct fixture *f, int64_t batch, enum store_order order, int limit)
+{
+        struct page p = { .order = order };
+        int before;
+
+        do {
+                before = p.n;
+                assert_int_equal(store_batch_results(f->reader, batch, order, p.cursor, limit,
+                                                     page_add, &p),
+                                 0);
+                assert_true(p.n - before <= limit);
+        } while (p.n - before == limit);
+        return p;
+}
+
+static void test_batch_results(void **state)
+{
+        struct fixture *f = *state;
+        static const int finish_order[] = { 3, 1, 5, 0, 6 };
+        struct batch *b;
+        struct job **jobs;
+        struct page p;
+
+        store_up(f);
+        b = upload(f, 8, 3, &jobs);
+        p = read_pages(f, b->id, STORE_ORDER_SUBMISSION, 2);
+        assert_int_equal(p.n, 0);
+        for (size_t i = 0; i < 5; i++)
+                finish(f, jobs[finish_order[i]], i % 2 ? JOB_FAILED : JOB_SUCCEEDED);
+
+        for (int limit = 1; limit <= 4; limit++) {
+                p = read_pages(f, b->id, STORE_ORDER_COMPLETION, limit);
+                assert_int_equal(p.n, 5);
+                for (int i = 0; i < 5; i++)
+                        assert_int_equal(p.ids[i], jobs[finish_order[i]]->id);
+
+                /* 0 and 1 are done, 2 is not: the walk stops there. */
+                p = read_pages(f, b->id, STORE_ORDER_SUBMISSION, limit);
+                assert_int_equal(p.n, 2);
+                assert_int_equal(p.ids[0], jobs[0]->id);
+                assert_int_equal(p.ids[1], jobs[1]->id);
+        }
+
+        /* A cursor in the middle resumes right after it. */
+        p = (struct page) { .order = STORE_ORDER_COMPLETION, .cursor = jobs[1]->seq };
+        assert_int_equal(store_batch_results(f->reader, b->id, STORE_ORDER_COMPLETION, p.cursor, 10,
+                                             page_add, &p),
+                         0);
+        assert_int_equal(p.n, 3);
+        assert_int_equal(p.ids[0], jobs[5]->id);
+
+        finish(f, jobs[2], JOB_CANCELLED);
+        finish(f, jobs[4], JOB_SUCCEEDED);
+        p = (struct page) { .order = STORE_ORDER_SUBMISSION, .cursor = jobs[1]->id };
+        assert_int_equal(store_batch_results(f->reader, b->id, STORE_ORDER_SUBMISSION, p.cursor, 10,
+                                             page_add, &p),
+                         0);
+        assert_int_equal(p.n, 5);
+        assert_int_equal(p.ids[4], jobs[6]->id);
+
+        assert_int_equal(store_batch_results(f->reader, b->id, STORE_ORDER_COMPLETION, 0, 0,
+                                             page_add, &p),
+                         -EINVAL);
+        free_items(jobs, 8);
+        batch_free(b);
+}
+
+static void test_batch_pending(void **state)
+{
+        struct fixture *f = *state;
+        struct batch *b;
+        struct job **jobs;
+        struct collected c = { .n = 0 };
+
+        store_up(f);
+        b = upload(f, 6, 6, &jobs);
+        start(f, jobs[1]);
+        finish(f, jobs[3], JOB_SUCCEEDED);
+        assert_int_equal(store_batch_pending(f->reader, b->id, 0, 2, collect, &c), 0);
+        assert_int_equal(c.n, 2);
+        assert_int_equal(c.ids[0], jobs[0]->id);
+        assert_int_equal(c.ids[1], jobs[2]->id);
+        assert_int_equal(store_batch_pending(f->reader, b->id, c.ids[1], 2, collect, &c), 0);
+        assert_int_equal(c.n, 4);
+        assert_int_equal(c.ids[2], jobs[4]->id);
+        assert_int_equal(c.ids[3], jobs[5]->id);
+        assert_int_equal(store_batch_pending(f->reader, b->id, c.ids[3], 2, collect, &c), 0);
+        assert_int_equal(c.n, 4);
+        free_items(jobs, 6);
+        batch_free(b);
+}
+
+/* Checks a batch's completion order: seqs unique and increasing. */
+struct seq_check {
+        int64_t last_seq;
+        int64_t n;
+        int64_t cancelled;
+};
+
+static int seq_check(struct job *j, void *ud)
+{
+        struct seq_check *sc = ud;
+
+        assert_true(j->seq > sc->last_seq);
+        sc->last_seq = j->seq;
+        sc->n++;
+        if (j->state == JOB_CANCELLED) {
+                assert_string_equal(j->error, "{\"type\":\"cancelled\",\"message\":\"cancelled by request\"}");
+                assert_true(j->finished_at > 0);
+                sc->cancelled++;
+        }
+        job_free(j);
+        return 0;
+}
+
+#define BIG_BATCH 25000
+
+static void test_batch_cancel_delete(void **state)
+{
+        struct fixture *f = *state;
+        struct batch *b, *got;
+        struct job **jobs, *other;
+        struct seq_check sc = { 0 };
+        size_t count, total = 0;
+        int ops = 0;
+
+        store_up(f);
+        b = upload(f, BIG_BATCH, 1000, &jobs);
+        start(f, jobs[7]);
+        finish(f, jobs[8], JOB_SUCCEEDED);
+        other = submit(f, "noop", NULL);
+
+        do {
+                assert_int_equal(batch_op(f, WOP_BATCH_CANCEL, b, &count), 0);
+                assert_true(count <= WRITER_CHUNK);
+                total += count;
+                ops++;
+        } while (count == WRITER_CHUNK);
+        assert_int_equal(total, BIG_BATCH - 2);
+        assert_int_equal(ops, 3);
+        assert_int_equal(batch_op(f, WOP_BATCH_CANCEL, b, &count), 0);
+        assert_int_equal(count, 0);
+
+        got = get_batch(f, b->id);
+        assert_int_equal(got->counts[JOB_PENDING], 0);
+        assert_int_equal(got->counts[JOB_RUNNING], 1);
+        assert_int_equal(got->counts[JOB_CANCELLED], BIG_BATCH - 2);
+        assert_int_equal(got->finished_at, 0);
+        batch_free(got);
+
+        do {
+                assert_int_equal(store_batch_results(f->reader, b->id, STORE_ORDER_COMPLETION,
+                                                     sc.last_seq, 5000, seq_check, &sc),
+                                 0);
+        } while (sc.n % 5000 == 0 && sc.n < BIG_BATCH);
+        assert_int_equal(sc.n, BIG_BATCH - 1);
+        assert_int_equal(sc.cancelled, BIG_BATCH - 2);
+
+        /* The writer's completion order goes on after the cancelled. */
+        finish(f, other, JOB_SUCCEEDED);
+        assert_int_equal(other->seq, sc.last_seq + 1);
+
+        assert_int_equal(batch_op(f, WOP_BATCH_DELETE, b, NULL), -EBUSY);
+        finish(f, jobs[7], JOB_FAILED);
+        got = get_batch(f, b->id);
+        assert_true(got->finished_at > 0);
+        assert_int_equal(got->counts[JOB_FAILED], 1);
+        batch_free(got);
+        assert_int_equal(batch_op(f, WOP_BATCH_DELETE, b, NULL), 0);
+        assert_int_equal(store_get_batch(f->reader, b->id, &got), -ENOENT);
+        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM jobs"), 1);
+        assert_int_equal(batch_op(f, WOP_BATCH_DELETE, b, NULL), -ENOENT);
+        assert_int_equal(batch_op(f, WOP_BATCH_CANCEL, b, NULL), -ENOENT);
+
+        free_items(jobs, BIG_BATCH);
+        job_free(other);
+        batch_free(b);
+}
+
+static size_t purge(struct fixture *f, int64_t cutoff)
+{
+        struct wop op = { .type = WOP_PURGE, .cutoff = cutoff };
+
+        assert_int_equal(run_wop(f->writer, &op), 0);
+        return op.count;
+}
+
+static void finish_at(struct fixture *f, struct job *j, int64_t at)
+{
+        j->state = JOB_SUCCEEDED;
+        j->finished_at = at;
+        assert_int_equal(run_op(f->writer, WOP_FINISH, j), 0);
+}
+
+static void test_purge(void **state)
+{
+        struct fixture *f = *state;
+        int64_t now = job_now_ms(), old = now - 3600 * 1000, cutoff = now - 60 * 1000;
+        struct job *old_job, *new_job, *pending, *gone, **old_items, **new_items, **open_items, **big_items;
+        struct batch *old_b, *new_b, *open_b, *big, *got;
+        size_t count;
+
+        store_up(f);
+        old_job = submit(f, "noop", NULL);
+        new_job = submit(f, "noop", NULL);
+        pending = submit(f, "noop", NULL);
+        finish_at(f, old_job, old);
+        finish_at(f, new_job, now);
+        old_b = upload(f, 3, 3, &old_items);
+        new_b = upload(f, 2, 2, &new_items);
+        open_b = upload(f, 2, 2, &open_items);
+        for (int i = 0; i < 3; i++)
+                finish_at(f, old_items[i], old);
+        finish_at(f, new_items[0], old);
+        finish_at(f, new_items[1], now);
+        finish_at(f, open_items[0], old);
+
+        assert_int_equal(purge(f, cutoff), 4);
+        assert_int_equal(store_get_job(f->reader, old_job->id, &gone), -ENOENT);
+        assert_int_equal(store_get_batch(f->reader, old_b->id, &got), -ENOENT);
+        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM jobs"), 6);
+        assert_int_equal(purge(f, cutoff), 0);
+        got = get_batch(f, new_b->id);
+        batch_free(got);
+        got = get_batch(f, open_b->id);
+        batch_free(got);
+
+        /* A batch bigger than a chunk goes over several ops, its row last. */
+        big = upload(f, WRITER_CHUNK + 100, 5000, &big_items);
+        assert_int_equal(batch_op(f, WOP_BATCH_CANCEL, big, &count), 0);
+        assert_int_equal(batch_op(f, WOP_BATCH_CANCEL, big, &count), 0);
+        assert_int_equal(count, 100);
+        cutoff = job_now_ms() + 1000;
+        /* new_job, new_b's 2, then WRITER_CHUNK - 3 of big's; big's row
+         * stays until its last job goes. */
+        assert_int_equal(purge(f, cutoff), WRITER_CHUNK);
+        got = get_batch(f, big->id);
+        batch_free(got);
+        assert_int_equal(purge(f, cutoff), 103);
+        assert_int_equal(store_get_batch(f->reader, big->id, &got), -ENOENT);
+        assert_int_equal(store_get_batch(f->reader, new_b->id, &got), -ENOENT);
+        assert_int_equal(purge(f, cutoff), 0);
+        /* What is left: the pending job and the unfinished batch. */
+        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM jobs"), 3);
+        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM batches"), 1);
+
+        job_free(old_job);
+        job_free(new_job);
+        job_free(pending);
+        free_items(old_items, 3);
+        free_items(new_items, 2);
+        free_items(open_items, 2);
+        free_items(big_items, WRITER_CHUNK + 100);
+        batch_free(old_b);
+        batch_free(new_b);
+        batch_free(open_b);
+        batch_free(big);
+}
+
+struct recovered {
+        struct collected jobs;
+        int64_t batches[4];
+        int priorities[4];
+        int n_batches;
+};
+
+static int recovered_job(struct job *j, void *ud)
+{
+        return collect(j, &((struct recovered *) ud)->jobs);
+}
+
+static int recovered_batch(int64_t batch, int priority, void *ud)
+{
+        struct recovered *rec = ud;
+
+        assert_true(rec->n_batches < 4);
+        rec->batches[rec->n_batches] = batch;
+        rec->priorities[rec->n_batches++] = priority;
+        return 0;
+}
+
+static void test_recover_batches(void **state)
+{
+        struct fixture *f = *state;
+        struct store_options o = { .path = f->path, .sync_full = true };
+        struct batch *b1, *b2, *b3, *done_b, *open_b, *got;
+        struct job **j1, **j2, **j3, **jd, **jo, *alone, *job;
+        struct recovered rec = { .jobs.n = 0 };
+        int64_t before;
+
+        store_up(f);
+        /* b1: one finished, one running with no attempt left, one pending. */
+        b1 = batch_open(f, 5);
+        j1 = make_items(b1, 3);
+        assert_int_equal(batch_items(f, b1, j1, 3), 0);
+        b1->size = 3;
+        assert_int_equal(batch_op(f, WOP_BATCH_SEAL, b1, NULL), 0);
+        finish(f, j1[0], JOB_SUCCEEDED);
+        start(f, j1[1]);
+        /* b2: its only job running with attempts left. */
+        b2 = batch_open(f, -2);
+        j2 = make_items(b2, 1);
+        j2[0]->max_attempts = 3;
+        assert_int_equal(batch_items(f, b2, j2, 1), 0);
+        b2->size = 1;
+        assert_int_equal(batch_op(f, WOP_BATCH_SEAL, b2, NULL), 0);
+        start(f, j2[0]);
+        /* b3: its only job running, none left: recovery finishes it. */
+        b3 = upload(f, 1, 1, &j3);
+        start(f, j3[0]);
+        done_b = upload(f, 1, 1, &jd);
+        finish(f, jd[0], JOB_SUCCEEDED);
+        open_b = batch_open(f, 0);
+        jo = make_items(open_b, 2);
+        assert_int_equal(batch_items(f, open_b, jo, 2), 0);
+        alone = submit(f, "noop", NULL);
+        store_down(f);
+
+        before = job_now_ms();
+        assert_int_equal(store_open(&o, &f->store), 0);
+        assert_int_equal(store_recover(f->store, &(struct store_recovery){
+                                                         .retry_delay_ms = 60000,
+                                                         .job = recovered_job,
+                                                         .batch = recovered_batch,
+                                                         .userdata = &rec,
+                                                 }),
+                         0);
+        assert_int_equal(rec.jobs.n, 1);
+        assert_int_equal(rec.jobs.ids[0], alone->id);
+        assert_int_equal(rec.n_batches, 2);
+        assert_int_equal(rec.batches[0], b1->id);
+        assert_int_equal(rec.priorities[0], 5);
+        assert_int_equal(rec.batches[1], b2->id);
+        assert_int_equal(rec.priorities[1], -2);
+        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM batches WHERE sealed = 0"), 0);
+        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM jobs WHERE batch IS NOT NULL "
+                                              "AND batch NOT IN (SELECT id FROM batches)"),
+                         0);
+        assert_int_equal(writer_start(f->store, &f->writer), 0);
+        assert_int_equal(store_reader_open(f->store, &f->reader), 0);
+
+        assert_int_equal(store_get_job(f->reader, j1[1]->id, &job), 0);
+        assert_int_equal(job->state, JOB_FAILED);
+        assert_non_null(strstr(job->error, "\"type\":\"interrupted\""));
+        job_free(job);
+        got = get_batch(f, b1->id);
+        assert_int_equal(got->counts[JOB_SUCCEEDED], 1);
+        assert_int_equal(got->counts[JOB_FAILED], 1);
+        assert_int_equal(got->counts[JOB_PENDING], 1);
+        assert_int_equal(got->finished_at, 0);
+        batch_free(got);
+        got = get_batch(f, b3->id);
+        assert_int_equal(got->counts[JOB_FAILED], 1);
+        assert_true(got->finished_at > 0);
+        batch_free(got);
+
+        assert_int_equal(store_get_job(f->reader, j2[0]->id, &job), 0);
+        assert_int_equal(job->state, JOB_PENDING);
+        assert_int_equal(job->attempts, 1);
+        assert_true(job->ready_at >= before + 60000);
+        job_free(job);
+        got = get_batch(f, b2->id);
+        assert_int_equal(got->counts[JOB_PENDING], 1);
+        assert_int_equal(got->counts[JOB_RUNNING], 0);
+        batch_free(got);
+
+        free_items(j1, 3);
+        free_items(j2, 1);
+        free_items(j3, 1);
+        free_items(jd, 1);
+        free_items(jo, 2);
+        job_free(alone);
+        batch_free(b1);
+        batch_free(b2);
+        batch_free(b3);
+        batch_free(done_b);
+        batch_free(open_b);
+}
+
+static void test_batch_commit_failure(void **state)
+{
+        struct fixture *f = *state;
+        struct batch *b;
+        struct job **jobs;
+
+        store_up(f);
+        b = batch_open(f, 0);
+        jobs = make_items(b, 3);
+        failing = true;
+        writer_commit_hook = fail_hook;
+        assert_int_equal(batch_items(f, b, jobs, 3), -EIO);
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(jobs[i]->id, 0);
+        b->size = 0;
+        assert_int_equal(batch_op(f, WOP_BATCH_SEAL, b, NULL), -EIO);
+        assert_false(b->sealed);
+        assert_int_equal(b->finished_at, 0);
+        failing = false;
+        assert_int_equal(batch_items(f, b, jobs, 3), 0);
+        b->size = 3;
+        assert_int_equal(batch_op(f, WOP_BATCH_SEAL, b, NULL), 0);
+        free_items(jobs, 3);
+        batch_free(b);
+}
+
+#define BENCH_CHUNK 1000
+#define BENCH_SLOTS 4
+
+static void test_batch_throughput(void **state)
+{
+        struct fixture *f = *state;
+        struct job **jobs[BENCH_SLOTS];
+        struct wop ops[BENCH_SLOTS];
+        struct waiter waiters[BENCH_SLOTS];
+        bool busy[BENCH_SLOTS] = { false };
+        const char *env = getenv("STORE_BENCH_ITEMS");
+        size_t items = env ? strtoul(env, NULL, 10) : 100000, chunks, slot;
+        struct timespec t0, t1;
+        struct batch *b;
+        double s;
+
+        store_up(f);
+        b = batch_open(f, 0);
+        for (slot = 0; slot < BENCH_SLOTS; slot++)
+                jobs[slot] = make_items(b, BENCH_CHUNK);
+        chunks = (items + BENCH_CHUNK - 1) / BENCH_CHUNK;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        /* Several chunks in flight, as an upload that parses ahead of the
+         * commits; each slot's jobs are reused once its op is done. */
+        for (size_t c = 0; c < chunks; c++) {
+                slot = c % BENCH_SLOTS;
+                if (busy[slot]) {
+                        waiter_wait(&waiters[slot]);
+                        assert_int_equal(ops[slot].result, 0);
+                }
+                for (size_t i = 0; i < BENCH_CHUNK; i++) {
+                        jobs[slot][i]->index = (int64_t) (c * BENCH_CHUNK + i);
+                        jobs[slot][i]->id = 0;
+                        jobs[slot][i]->created_at = 0;
+                }
+                waiter_init(&waiters[slot], 1);
+                ops[slot] = (struct wop) {
+                        .type = WOP_BATCH_ITEMS, .batch = b, .jobs = jobs[slot], .n_jobs = BENCH_CHUNK,
+                        .done = op_done, .userdata = &waiters[slot],
+                };
+                writer_push(f->writer, &ops[slot]);
+                busy[slot] = true;
+        }
+        for (slot = 0; slot < BENCH_SLOTS; slot++)
+                if (busy[slot]) {
+                        waiter_wait(&waiters[slot]);
+                        assert_int_equal(ops[slot].result, 0);
+                }
+        b->size = (int64_t) (chunks * BENCH_CHUNK);
+        assert_int_equal(batch_op(f, WOP_BATCH_SEAL, b, NULL), 0);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        s = (double) (t1.tv_sec - t0.tv_sec) + (double) (t1.tv_nsec - t0.tv_nsec) / 1e9;
+        print_message("BATCH_ITEMS: %zu items in %.2f s: %.0f items/s (synchronous=FULL)\n",
+                      chunks * BENCH_CHUNK, s, (double) (chunks * BENCH_CHUNK) / s);
+        for (slot = 0; slot < BENCH_SLOTS; slot++)
+                free_items(jobs[slot], BENCH_CHUNK);
+        batch_free(b);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -742,6 +1567,17 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_commit_failure, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stop_gives_up, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_many_threads, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_migrate_from_v1, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_upload, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_abort, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_finish_counts, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_results, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_pending, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_cancel_delete, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_purge, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_recover_batches, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_commit_failure, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_throughput, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -6,13 +6,16 @@
  * cannot call in.
  *
  * Threads wait at a start gate until all of them exist, so a failed start
- * can send them home without draining the scheduler. */
+ * can send them home without draining the scheduler.
+ *
+ * A failed run is a "timeout" only when its context told the task that the
+ * deadline passed; an error of the task's own that comes just past the
+ * deadline stays the task's. */
 #include "daemon/iopool.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 
 #include "daemon/log.h"
@@ -55,22 +58,24 @@ static void slot_interrupt(void *arg)
         pthread_mutex_unlock(&slot->lock);
 }
 
-/* The job's error object: type and message, then the task's detail fields
- * (which cannot override those two). NULL on ENOMEM. */
-static json_t *error_new(const char *type, const char *message, json_t *detail)
+/* The job's error object from the task's: type and message, then its detail
+ * fields (which cannot override those two); err->detail is consumed. NULL on
+ * ENOMEM. */
+static json_t *error_from_task(struct task_error *err)
 {
-        json_t *e = json_pack("{s:s, s:s}", "type", type, "message", message);
+        json_t *e = sched_error_new(err->type, "%s", err->message);
 
-        if (e && detail)
-                json_object_update_missing(e, detail);
-        json_decref(detail);
+        if (e && err->detail)
+                json_object_update_missing(e, err->detail);
+        json_decref(err->detail);
+        err->detail = NULL;
         return e;
 }
 
 static void outcome_fail(struct sched_outcome *o, const char *type, const char *message,
                          bool retryable)
 {
-        o->error = error_new(type, message, NULL);
+        o->error = sched_error_new(type, "%s", message);
         o->retryable = retryable;
 }
 
@@ -82,7 +87,6 @@ static void run_job(struct io_slot *slot, const struct job *job, struct sched_ou
         struct task_ctx *ctx = NULL;
         json_t *args, *result = NULL;
         json_error_t jerr;
-        double deadline;
         int r;
 
         if (!t) {
@@ -95,9 +99,8 @@ static void run_job(struct io_slot *slot, const struct job *job, struct sched_ou
                 return;
         }
 
-        deadline = task_monotonic() + job->timeout;
         pthread_mutex_lock(&slot->lock);
-        r = task_ctx_new(deadline, &ctx);
+        r = task_ctx_new(task_monotonic() + job->timeout, &ctx);
         if (r == 0) {
                 slot->ctx = ctx;
                 if (slot->interrupted)
@@ -111,16 +114,14 @@ static void run_job(struct io_slot *slot, const struct job *job, struct sched_ou
         }
 
         r = t->run(ctx, args, &result, &err);
-        if (r >= 0)
-                o->result = result;
-        else if (task_monotonic() >= deadline) {
-                char msg[64];
-
+        if (r >= 0) {
+                o->result = result ? result : json_null();
+        } else if (task_ctx_timed_out(ctx)) {
                 json_decref(err.detail);
-                snprintf(msg, sizeof(msg), "timed out after %g s", job->timeout);
-                outcome_fail(o, "timeout", msg, true);
+                o->error = sched_error_new("timeout", "timed out after %g s", job->timeout);
+                o->retryable = true;
         } else {
-                o->error = error_new(err.type, err.message, err.detail);
+                o->error = error_from_task(&err);
                 o->retryable = err.retryable;
         }
 

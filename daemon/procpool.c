@@ -1,9 +1,17 @@
-/* The CPU pool. A slot is one worker process and the one thread that owns
- * it: the thread spawns the worker, feeds it jobs, watches each job's
- * deadline and interrupt, and kills, reaps and replaces the worker. Only that
- * thread touches the worker's fds; pid, busy and spawn_failed are written
- * under the pool lock so that stats and pids read them whole.
+/* The CPU pool. A slot is one worker process and the thread that owns it:
+ * the thread spawns the worker, feeds it jobs, watches each job's deadline
+ * and interrupt, and kills, reaps and replaces the worker. One monitor
+ * thread per pool replaces a worker that dies while its slot is idle.
  *
+ * - A slot's worker (fds and pid) has one owner at a time, switched under
+ *   the pool lock: its slot thread, except while that thread waits in
+ *   sched_take(); then the monitor may claim it, and a slot thread back
+ *   with a job waits until the monitor is done. pid, busy and spawn_failed
+ *   are written under the lock too, so stats and pids read them whole.
+ * - The monitor watches the pidfds in an epoll set, one-shot: a death while
+ *   the slot is busy fires once and is left to the slot thread's own poll,
+ *   and the slot thread re-arms the watch each time it goes idle, so a
+ *   death just before that is still seen and the monitor never spins.
  * - Workers are the daemon's own binary started with posix_spawn (never a
  *   fork of this threaded process), with a clean signal mask and default
  *   dispositions, and fd 3 as their only extra descriptor.
@@ -13,10 +21,9 @@
  * - The slot's eventfd is cleared only between sched_finish() and the next
  *   sched_take(), when no run can be interrupted: a stale interrupt never
  *   kills the next job, and a live one is never lost.
- * - The worker's PR_SET_PDEATHSIG follows the thread that spawned it; that
- *   is the slot thread, which outlives its worker.
- * - A worker that dies while its slot waits in sched_take() is noticed only
- *   when the slot next gets a job; until then procpool_pids() lists it. */
+ * - The worker's PR_SET_PDEATHSIG follows the thread that spawned it: its
+ *   slot thread or the monitor, and both outlive every worker (the monitor
+ *   is joined after the slot threads have reaped theirs). */
 #include "daemon/procpool.h"
 
 #include <errno.h>
@@ -26,11 +33,11 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
@@ -50,6 +57,12 @@
  * before SIGKILL. */
 #define EXIT_WAIT 2.0
 
+enum slot_owner {
+        OWNER_THREAD,           /* the slot thread */
+        OWNER_NONE,             /* the slot thread waits in sched_take() */
+        OWNER_MONITOR,
+};
+
 struct slot {
         struct procpool *pool;
         unsigned index;
@@ -59,6 +72,7 @@ struct slot {
         int sock;               /* the job socket; -1 without a worker */
         int pidfd;
         pid_t pid;              /* 0: no worker */
+        enum slot_owner owner;
         bool busy;
         bool spawn_failed;
 };
@@ -67,8 +81,13 @@ struct procpool {
         struct sched *sched;
         char *exe;              /* owned */
         pthread_mutex_t lock;
+        pthread_cond_t released;        /* the monitor gave a slot back */
         uint64_t restarts;
         atomic_bool stopping;
+        int epfd;               /* the monitor's: pidfds (u32 = slot index), stop_efd (u32 = n) */
+        int stop_efd;
+        pthread_t monitor;
+        bool monitor_started;
         unsigned n;
         struct slot slots[];
 };
@@ -103,19 +122,6 @@ static void describe_status(int status, char *buf, size_t len)
         }
 }
 
-/* Returns {"type": type, "message": ...}, or NULL on ENOMEM. */
-static json_t *error_new(const char *type, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static json_t *error_new(const char *type, const char *fmt, ...)
-{
-        char msg[512];
-        va_list ap;
-
-        va_start(ap, fmt);
-        vsnprintf(msg, sizeof(msg), fmt, ap);
-        va_end(ap);
-        return json_pack("{s:s, s:s}", "type", type, "message", msg);
-}
-
 static void slot_set_worker(struct slot *sl, pid_t pid, bool spawn_failed)
 {
         pthread_mutex_lock(&sl->pool->lock);
@@ -129,6 +135,33 @@ static void slot_set_busy(struct slot *sl, bool busy)
         pthread_mutex_lock(&sl->pool->lock);
         sl->busy = busy;
         pthread_mutex_unlock(&sl->pool->lock);
+}
+
+/* The slot thread is about to wait in sched_take(): the monitor may now
+ * replace its worker. */
+static void slot_release(struct slot *sl)
+{
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.u32 = sl->index };
+
+        pthread_mutex_lock(&sl->pool->lock);
+        sl->owner = OWNER_NONE;
+        if (sl->pid != 0 && epoll_ctl(sl->pool->epfd, EPOLL_CTL_MOD, sl->pidfd, &ev) < 0)
+                log_errno(LOG_WARNING, -errno, "CPU worker %u: cannot watch pid %d", sl->index,
+                          (int)sl->pid);
+        pthread_mutex_unlock(&sl->pool->lock);
+}
+
+/* The slot thread is back from sched_take() and owns its worker again. */
+static void slot_claim(struct slot *sl, bool busy)
+{
+        struct procpool *p = sl->pool;
+
+        pthread_mutex_lock(&p->lock);
+        while (sl->owner == OWNER_MONITOR)
+                pthread_cond_wait(&p->released, &p->lock);
+        sl->owner = OWNER_THREAD;
+        sl->busy = busy;
+        pthread_mutex_unlock(&p->lock);
 }
 
 /* Starts exe as a worker with child_fd as its fd 3. */
@@ -183,10 +216,12 @@ static void reap(pid_t pid, int *ret_status)
                 *ret_status = status;
 }
 
-/* Gives the slot a new worker; on failure the slot stays without one. */
+/* Gives the slot a new worker, watched by the monitor; on failure the slot
+ * stays without one. */
 static int slot_spawn(struct slot *sl)
 {
         struct procpool *p = sl->pool;
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.u32 = sl->index };
         int sv[2], pidfd, r;
         pid_t pid;
 
@@ -201,10 +236,12 @@ static int slot_spawn(struct slot *sl)
                 goto fail;
         }
         pidfd = pidfd_open(pid, 0);
-        if (pidfd < 0) {
+        if (pidfd < 0 || epoll_ctl(p->epfd, EPOLL_CTL_ADD, pidfd, &ev) < 0) {
                 r = -errno;
                 kill(pid, SIGKILL);
                 reap(pid, NULL);
+                if (pidfd >= 0)
+                        close(pidfd);
                 close(sv[0]);
                 goto fail;
         }
@@ -225,6 +262,7 @@ static int slot_reap(struct slot *sl, double wait)
         struct pollfd pfd = { .fd = sl->pidfd, .events = POLLIN };
         int status;
 
+        (void)epoll_ctl(sl->pool->epfd, EPOLL_CTL_DEL, sl->pidfd, NULL);
         close(sl->sock);
         sl->sock = -1;
         if (wait <= 0 || poll_until(&pfd, 1, task_monotonic() + wait) <= 0)
@@ -255,18 +293,21 @@ static int slot_replace(struct slot *sl, double wait)
         return status;
 }
 
+/* For a worker whose slot was idle: no job of it fails. */
+static void slot_replace_dead(struct slot *sl)
+{
+        char what[128];
+
+        describe_status(slot_replace(sl, 0), what, sizeof(what));
+        log_warning("CPU worker %u died while idle (%s); replaced", sl->index, what);
+}
+
 /* Gives the slot a live worker before it takes a job, pausing between failed
  * spawns; -ECANCELED when the pool stops meanwhile. */
 static int slot_ready(struct slot *sl)
 {
         double pause = SPAWN_PAUSE_MIN;
 
-        if (sl->pid != 0 && slot_worker_exited(sl)) {
-                char what[128];
-
-                describe_status(slot_replace(sl, 0), what, sizeof(what));
-                log_warning("CPU worker %u died while idle (%s); replaced", sl->index, what);
-        }
         while (sl->pid == 0 && slot_spawn(sl) < 0) {
                 struct pollfd pfd = { .fd = sl->efd, .events = POLLIN };
 
@@ -368,17 +409,19 @@ static void slot_run(struct slot *sl, const struct job *j, struct sched_outcome 
 
         r = job_encode(j, &msg, &len);
         if (r < 0) {
-                out->error = error_new("task_error", "cannot hand the job to a worker: %s", strerror(-r));
+                out->error = sched_error_new("task_error", "cannot hand the job to a worker: %s",
+                                             strerror(-r));
                 return;
         }
-        /* It may have died while the slot waited for work. */
-        if (slot_worker_exited(sl)) {
-                describe_status(slot_replace(sl, 0), what, sizeof(what));
-                log_warning("CPU worker %u died while idle (%s); replaced", sl->index, what);
-        }
+        /* A death the monitor had not yet handled when the job came, or a
+         * replacement it could not start. */
+        if (sl->pid != 0 && slot_worker_exited(sl))
+                slot_replace_dead(sl);
+        else if (sl->pid == 0)
+                (void)slot_spawn(sl);
         if (sl->pid == 0) {
                 free(msg);
-                out->error = error_new("crashed", "no CPU worker could be started");
+                out->error = sched_error_new("crashed", "no CPU worker could be started");
                 out->retryable = true;
                 return;
         }
@@ -400,21 +443,21 @@ static void slot_run(struct slot *sl, const struct job *j, struct sched_outcome 
         case RUN_TIMEOUT:
                 log_info("job %" PRId64 ": timed out after %g s; CPU worker %u killed", j->id, j->timeout,
                          sl->index);
-                out->error = error_new("timeout", "timed out after %g s", j->timeout);
+                out->error = sched_error_new("timeout", "timed out after %g s", j->timeout);
                 out->retryable = true;
                 break;
         case RUN_INTERRUPT:
                 log_debug("job %" PRId64 ": interrupted; CPU worker %u killed", j->id, sl->index);
-                out->error = error_new("cancelled", "stopped while running");
+                out->error = sched_error_new("cancelled", "stopped while running");
                 break;
         case RUN_BAD_REPLY:
                 log_error("job %" PRId64 ": CPU worker %u sent a malformed reply; killed", j->id, sl->index);
-                out->error = error_new("crashed", "worker sent a malformed reply");
+                out->error = sched_error_new("crashed", "worker sent a malformed reply");
                 out->retryable = true;
                 break;
         default:
                 log_warning("job %" PRId64 ": CPU worker %u: %s", j->id, sl->index, what);
-                out->error = error_new("crashed", "%s", what);
+                out->error = sched_error_new("crashed", "%s", what);
                 out->retryable = true;
                 break;
         }
@@ -449,10 +492,11 @@ static void *slot_main(void *arg)
                 (void)eventfd_read(sl->efd, &stale);
                 if (atomic_load(&p->stopping) || slot_ready(sl) < 0)
                         break;
+                slot_release(sl);
                 sj = sched_take(p->sched, JOB_KIND_CPU, slot_interrupt, sl);
+                slot_claim(sl, sj != NULL);
                 if (!sj)
                         break;
-                slot_set_busy(sl, true);
                 slot_run(sl, sched_job_job(sj), &out);
                 slot_set_busy(sl, false);
                 sched_finish(p->sched, sj, &out);
@@ -460,6 +504,68 @@ static void *slot_main(void *arg)
         if (sl->pid != 0)
                 (void)slot_reap(sl, EXIT_WAIT);
         return NULL;
+}
+
+/* A watched worker exited, or an event outlived the pidfd it came from:
+ * replaces the worker if its slot is idle. */
+static void monitor_check(struct slot *sl)
+{
+        struct procpool *p = sl->pool;
+        bool take;
+
+        pthread_mutex_lock(&p->lock);
+        take = sl->owner == OWNER_NONE && !atomic_load(&p->stopping);
+        if (take)
+                sl->owner = OWNER_MONITOR;
+        pthread_mutex_unlock(&p->lock);
+        if (!take)
+                return;
+
+        if (sl->pid != 0 && slot_worker_exited(sl))
+                slot_replace_dead(sl);
+
+        pthread_mutex_lock(&p->lock);
+        sl->owner = OWNER_NONE;
+        pthread_cond_broadcast(&p->released);
+        pthread_mutex_unlock(&p->lock);
+}
+
+static void *monitor_main(void *arg)
+{
+        struct procpool *p = arg;
+
+        for (;;) {
+                struct epoll_event ev[16];
+                int k = epoll_wait(p->epfd, ev, sizeof(ev) / sizeof(ev[0]), -1);
+
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        log_errno(LOG_ERR, -errno, "CPU pool monitor: epoll_wait");
+                        return NULL;
+                }
+                for (int i = 0; i < k; i++) {
+                        if (ev[i].data.u32 == p->n)
+                                return NULL;
+                        monitor_check(&p->slots[ev[i].data.u32]);
+                }
+        }
+}
+
+/* The monitor's epoll set with its stop eventfd in it. */
+static int monitor_setup(struct procpool *p)
+{
+        struct epoll_event ev = { .events = EPOLLIN, .data.u32 = p->n };
+
+        p->epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (p->epfd < 0)
+                return -errno;
+        p->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (p->stop_efd < 0)
+                return -errno;
+        if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->stop_efd, &ev) < 0)
+                return -errno;
+        return 0;
 }
 
 int procpool_start(struct sched *s, const struct procpool_options *o, struct procpool **ret)
@@ -478,7 +584,9 @@ int procpool_start(struct sched *s, const struct procpool_options *o, struct pro
                 return -ENOMEM;
         p->sched = s;
         p->n = o->workers;
+        p->epfd = p->stop_efd = -1;
         pthread_mutex_init(&p->lock, NULL);
+        pthread_cond_init(&p->released, NULL);
         atomic_init(&p->stopping, false);
         for (unsigned i = 0; i < p->n; i++) {
                 struct slot *sl = &p->slots[i];
@@ -493,8 +601,14 @@ int procpool_start(struct sched *s, const struct procpool_options *o, struct pro
         p->exe = strdup(o->exe);
         if (!p->exe && r == 0)
                 r = -ENOMEM;
+        if (r == 0)
+                r = monitor_setup(p);
 
         pthread_mutex_lock(&p->lock);
+        if (r == 0) {
+                r = -pthread_create(&p->monitor, NULL, monitor_main, p);
+                p->monitor_started = r == 0;
+        }
         for (unsigned i = 0; i < p->n && r == 0; i++) {
                 r = -pthread_create(&p->slots[i].thread, NULL, slot_main, &p->slots[i]);
                 p->slots[i].started = r == 0;
@@ -526,6 +640,16 @@ void procpool_stop(struct procpool *p)
                 if (p->slots[i].efd >= 0)
                         close(p->slots[i].efd);
         }
+        /* Last: it may have spawned workers, whose death signal follows it. */
+        if (p->monitor_started) {
+                (void)eventfd_write(p->stop_efd, 1);
+                pthread_join(p->monitor, NULL);
+        }
+        if (p->stop_efd >= 0)
+                close(p->stop_efd);
+        if (p->epfd >= 0)
+                close(p->epfd);
+        pthread_cond_destroy(&p->released);
         pthread_mutex_destroy(&p->lock);
         free(p->exe);
         free(p);

@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <unistd.h>
 #include <jansson.h>
 
 #include "daemon/frame.h"
@@ -119,16 +118,14 @@ static char *reply_encode(json_t *reply)
 
 int worker_main(int fd)
 {
-        /* The death signal follows the spawning thread, which lives as long
-         * as this worker's slot. A parent that died before prctl() left us
-         * orphaned already; one behind a subreaper is caught by the end of
-         * file its death puts on the socket. */
+        /* The death signal follows the spawning thread, which outlives this
+         * worker. A daemon that died before prctl() closed its end of the
+         * socket, so the first frame_read() sees end of file and we exit;
+         * the parent's pid tells nothing (the daemon may be pid 1). */
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) {
                 log_errno(LOG_ERR, -errno, "worker: prctl(PR_SET_PDEATHSIG)");
                 return EXIT_FAILURE;
         }
-        if (getppid() == 1)
-                return EXIT_FAILURE;
         /* Commands a task runs must not hold the job socket open. */
         if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
                 log_errno(LOG_ERR, -errno, "worker: fcntl(FD_CLOEXEC) on fd %d", fd);

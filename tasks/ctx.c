@@ -1,7 +1,10 @@
 /* The run context: how a running task hears that it must stop and how it
- * waits. One mutex guards the stop flag; the condvar runs on CLOCK_MONOTONIC
- * so a wall-clock jump neither shortens nor stretches a sleep. The deadline
- * never changes after task_ctx_new(), so it is read without the lock. */
+ * waits. One mutex guards the stop flag and the timed-out latch; the latch
+ * is set only when the task is told of the deadline, so a pool can tell a run
+ * that gave up for its deadline from one that failed on its own just past
+ * it. The condvar runs on CLOCK_MONOTONIC so a wall-clock jump neither
+ * shortens nor stretches a sleep. The deadline never changes after
+ * task_ctx_new(), so it is read without the lock. */
 #include "tasks/task.h"
 
 #include <errno.h>
@@ -16,6 +19,7 @@ struct task_ctx {
         pthread_mutex_t lock;
         pthread_cond_t cond;
         bool stopped;
+        bool timed_out;
         double deadline;
 };
 
@@ -95,14 +99,21 @@ bool task_ctx_stopped(struct task_ctx *c)
         bool stopped;
 
         pthread_mutex_lock(&c->lock);
-        stopped = c->stopped;
+        if (!c->stopped && c->deadline > 0 && task_monotonic() >= c->deadline)
+                c->timed_out = true;
+        stopped = c->stopped || c->timed_out;
         pthread_mutex_unlock(&c->lock);
-        return stopped || (c->deadline > 0 && task_monotonic() >= c->deadline);
+        return stopped;
 }
 
-double task_ctx_deadline(struct task_ctx *c)
+bool task_ctx_timed_out(struct task_ctx *c)
 {
-        return c->deadline;
+        bool timed_out;
+
+        pthread_mutex_lock(&c->lock);
+        timed_out = c->timed_out;
+        pthread_mutex_unlock(&c->lock);
+        return timed_out;
 }
 
 static struct timespec timespec_from(double t)
@@ -134,8 +145,10 @@ int task_ctx_sleep(struct task_ctx *c, double seconds)
                         break;
         if (c->stopped)
                 r = -ECANCELED;
-        else if (by_deadline)
+        else if (by_deadline) {
+                c->timed_out = true;
                 r = -ETIMEDOUT;
+        }
         pthread_mutex_unlock(&c->lock);
         return r;
 }

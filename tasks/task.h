@@ -2,8 +2,9 @@
  * and one row in tasks/registry.c; nothing else changes to add a task.
  *
  * run() is called on an I/O pool thread (kind io) or inside a CPU worker
- * process (kind cpu). It must honour its context: give up when
- * task_ctx_stopped() says so, and wait only through task_ctx_sleep(). */
+ * process (kind cpu). On a thread it must honour its context: give up when
+ * task_ctx_stopped() says so, and wait only through task_ctx_sleep(). In a
+ * worker the context never stops: the pool kills the process instead. */
 #ifndef FUTURED_TASK_H
 #define FUTURED_TASK_H
 
@@ -35,8 +36,9 @@ struct task {
         const char *const *params;
         /* args is an object. 0, or -EINVAL with a message for the client. */
         int (*validate)(const json_t *args, char *msg, size_t msglen);
-        /* 0 with *ret_result set (owned by the caller), or negative with err
-         * filled. */
+        /* 0 with *ret_result set (owned by the caller), or left NULL for a
+         * result of JSON null, which both pools store as a success; or
+         * negative with err filled. */
         int (*run)(struct task_ctx *ctx, const json_t *args, json_t **ret_result,
                    struct task_error *err);
 };
@@ -64,7 +66,10 @@ void task_ctx_free(struct task_ctx *c);
  * for long: callable under other locks. */
 void task_ctx_stop(struct task_ctx *c);
 bool task_ctx_stopped(struct task_ctx *c);
-double task_ctx_deadline(struct task_ctx *c);
+/* Whether task_ctx_stopped() or task_ctx_sleep() has told the task that the
+ * deadline passed (and it was not stopped): a failed run then failed for
+ * its deadline, whatever error it reports. */
+bool task_ctx_timed_out(struct task_ctx *c);
 /* Waits seconds: 0, -ETIMEDOUT when the deadline came first, -ECANCELED when
  * stopped. */
 int task_ctx_sleep(struct task_ctx *c, double seconds);

@@ -1,7 +1,8 @@
 /* daemon/procpool.c and daemon/worker.c: CPU jobs run in separate worker
  * processes (the built futured binary in worker mode), in parallel; a
  * timeout, a cancel or a killed worker fails the job with its reason and the
- * pool replaces the worker; stopping the pool leaves no child behind. And
+ * pool replaces the worker; a worker that dies idle is reaped and replaced
+ * with no job to notice it; stopping the pool leaves no child behind. And
  * daemon/frame.c, the framing both sides speak.
  *
  * The tests share one pool on a real store, writer and scheduler, and run in
@@ -13,6 +14,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -177,6 +179,32 @@ static bool is_worker(pid_t pid)
         return false;
 }
 
+/* Whether the pool has its full count of workers, none of them in old. */
+static bool replaced_all(const pid_t *old, unsigned n)
+{
+        pid_t pids[WORKERS];
+
+        if (procpool_pids(t.pool, pids, WORKERS) < WORKERS)
+                return false;
+        for (unsigned i = 0; i < n; i++)
+                if (is_worker(old[i]))
+                        return false;
+        return true;
+}
+
+/* Nothing but the pool can report the change, so it is polled, bounded. */
+static void wait_replaced(const pid_t *old, unsigned n)
+{
+        struct timespec pause = { .tv_nsec = 5 * 1000 * 1000 };
+
+        for (int i = 0; i < 2000; i++) {
+                if (replaced_all(old, n))
+                        return;
+                nanosleep(&pause, NULL);
+        }
+        fail_msg("the pool did not replace its dead workers");
+}
+
 /* The job's stored result or error as JSON; the caller's. */
 static json_t *job_json(const char *text)
 {
@@ -192,7 +220,8 @@ static void assert_succeeded_sqrt_sum(struct job *j, pid_t *ret_pid)
 {
         json_t *result;
 
-        assert_int_equal(j->state, JOB_SUCCEEDED);
+        if (j->state != JOB_SUCCEEDED)
+                fail_msg("job %" PRId64 " did not succeed: %s", j->id, j->error ? j->error : "no error");
         result = job_json(j->result);
         assert_true(json_is_real(json_object_get(result, "sum")));
         *ret_pid = (pid_t)json_integer_value(json_object_get(result, "pid"));
@@ -330,6 +359,28 @@ static void test_parallel(void **state)
         job_free(jb);
 }
 
+/* Workers killed while idle are reaped (no zombie left) and replaced at
+ * once, though no job comes to find them dead. */
+static void test_idle_death(void **state)
+{
+        pid_t pids[WORKERS];
+        unsigned n = procpool_pids(t.pool, pids, WORKERS);
+        uint64_t before = restarts();
+        char path[64];
+
+        assert_int_equal(n, WORKERS);
+        for (unsigned i = 0; i < n; i++)
+                assert_int_equal(kill(pids[i], SIGKILL), 0);
+        wait_replaced(pids, n);
+        assert_int_equal(restarts(), before + n);
+        for (unsigned i = 0; i < n; i++) {
+                snprintf(path, sizeof(path), "/proc/%d/stat", (int)pids[i]);
+                assert_int_equal(access(path, F_OK), -1);
+        }
+        assert_true(procpool_alive(t.pool));
+        assert_pool_works();
+}
+
 /* A job past its timeout has its worker killed and replaced at once, busy
  * computing (a long sqrt_sum) or unable to answer at all (stopped). */
 static void test_timeout_kills(void **state)
@@ -374,9 +425,9 @@ static void test_cancel_running(void **state)
         assert_pool_works();
 }
 
-/* Killing every worker: the busy one fails its job as crashed and is
- * replaced at once; the idle one is replaced when it next gets a job, which
- * still runs. */
+/* Killing every worker: the busy one fails its job as crashed, the idle one
+ * dies unseen by any job; both are replaced at once, each counted once, and
+ * the next jobs run. */
 static void test_crash(void **state)
 {
         pid_t pids[WORKERS];
@@ -394,6 +445,9 @@ static void test_crash(void **state)
         j = wait_job(id, 30);
         assert_error(j, JOB_FAILED, "crashed", "worker killed by signal 9 (SIGKILL)");
         job_free(j);
+        /* Before any job could go to a worker still dying of its SIGKILL. */
+        wait_replaced(pids, n);
+        assert_int_equal(restarts(), before + n);
 
         a = submit("sqrt_sum", "{\"n\": 1000}", 30);
         b = submit("sqrt_sum", "{\"n\": 1000}", 30);
@@ -404,7 +458,7 @@ static void test_crash(void **state)
         assert_succeeded_sqrt_sum(j, &pb);
         job_free(j);
         assert_true(procpool_alive(t.pool));
-        assert_true(restarts() >= before + 1);
+        assert_int_equal(restarts(), before + n);
 }
 
 static void test_stop_leaves_no_child(void **state)
@@ -429,6 +483,7 @@ int main(void)
                 cmocka_unit_test(test_bad_exe),
                 cmocka_unit_test(test_runs_in_worker),
                 cmocka_unit_test(test_parallel),
+                cmocka_unit_test(test_idle_death),
                 cmocka_unit_test(test_timeout_kills),
                 cmocka_unit_test(test_cancel_running),
                 cmocka_unit_test(test_crash),

@@ -31,6 +31,9 @@
 #include "daemon/log.h"
 
 #define MAP_MIN_BUCKETS 1024
+/* Seconds sched_drain() waits for the writer to commit the requeues of the
+ * runs it interrupted. */
+#define DRAIN_OPS_WAIT 5.0
 #define CANCELLED_ERROR "{\"type\":\"cancelled\",\"message\":\"cancelled by request\"}"
 #define NO_RESULT_ERROR "{\"type\":\"task_error\",\"message\":\"the run reported neither result nor error\"}"
 
@@ -285,12 +288,17 @@ static size_t sched_pending(const struct sched *s)
 }
 
 /* Something sched_drain() waits for: a run, or an op at the writer. */
-static bool sched_busy(const struct sched *s)
+static bool sched_running(const struct sched *s)
 {
         for (int k = 0; k < JOB_KIND__COUNT; k++)
                 if (s->running[k] > 0)
                         return true;
-        return s->ops > 0;
+        return false;
+}
+
+static bool sched_busy(const struct sched *s)
+{
+        return sched_running(s) || s->ops > 0;
 }
 
 static void wake_drain(struct sched *s)
@@ -483,6 +491,7 @@ static void finish_done(struct wop *op)
         struct sched_job *sj = op->userdata;
         struct sched *s = sj->sched;
         int64_t id = sj->job->id;
+        bool stored = op->result == 0;
 
         pthread_mutex_lock(&s->lock);
         op_settle(s, sj, op);
@@ -491,7 +500,8 @@ static void finish_done(struct wop *op)
         wake_drain(s);
         pthread_mutex_unlock(&s->lock);
 
-        if (s->o.on_finished)
+        /* An end the store never took is nothing to announce. */
+        if (stored && s->o.on_finished)
                 s->o.on_finished(id, s->o.userdata);
 }
 
@@ -671,14 +681,27 @@ int sched_cancel(struct sched *s, int64_t id)
                 r = 0;
                 break;
         case SJ_RUNNING:
+                /* an earlier cancel already stopped it */
+                if (sj->stop == SJ_STOP_CANCEL) {
+                        r = -EALREADY;
+                        break;
+                }
                 /* a run stopped by drain is already interrupted */
                 if (sj->stop == SJ_STOP_NONE && sj->interrupt)
                         sj->interrupt(sj->interrupt_arg);
                 sj->stop = SJ_STOP_CANCEL;
                 r = -EINPROGRESS;
                 break;
-        case SJ_SUBMITTING:
         case SJ_FINISHING:
+                /* A run that ended while its START was at the writer parks
+                 * its outcome; a retryable one would run again, so the
+                 * cancel must still count. */
+                if (sj->has_outcome && sj->stop != SJ_STOP_CANCEL) {
+                        sj->stop = SJ_STOP_CANCEL;
+                        r = 0;
+                }
+                break;
+        case SJ_SUBMITTING:
                 break;
         }
 out:
@@ -784,8 +807,15 @@ void sched_drain(struct sched *s, double grace)
                                 sj->interrupt(sj->interrupt_arg);
                 }
 
-        while (sched_busy(s))
+        /* Interrupted runs end promptly. Their requeues are waited for only
+         * so long: on a store that refuses writes the writer retries them
+         * until writer_stop(), which then ends them with -EIO. */
+        while (sched_running(s))
                 pthread_cond_wait(&s->idle, &s->lock);
+        deadline = monotonic_after(DRAIN_OPS_WAIT);
+        while (sched_busy(s))
+                if (pthread_cond_timedwait(&s->idle, &s->lock, &deadline) == ETIMEDOUT)
+                        break;
         pthread_mutex_unlock(&s->lock);
 }
 
@@ -799,4 +829,19 @@ void sched_get_stats(struct sched *s, struct sched_stats *ret)
                 ret->running[k] = s->running[k];
         }
         pthread_mutex_unlock(&s->lock);
+}
+
+json_t *sched_error_new(const char *type, const char *fmt, ...)
+{
+        json_t *message, *error;
+        va_list ap;
+
+        va_start(ap, fmt);
+        message = json_vsprintf(fmt, ap);
+        va_end(ap);
+        if (!message)
+                return NULL;
+        error = json_pack("{s:s, s:O}", "type", type, "message", message);
+        json_decref(message);
+        return error;
 }

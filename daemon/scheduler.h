@@ -56,8 +56,10 @@ struct sched_submission {
 int sched_submit(struct sched *s, struct sched_submission *sub);
 
 /* 0: the job was pending, its cancellation is being committed; -EINPROGRESS:
- * it is running and has been told to stop; -ENOENT: not held here (finished,
- * finishing, or unknown). Either way of success ends in on_finished(id). */
+ * it is running and has been told to stop; -EALREADY: it is running and an
+ * earlier call already told it to stop (this call changed nothing);
+ * -ENOENT: not held here (finished, finishing, or unknown). Each of the first
+ * three ends in on_finished(id). */
 int sched_cancel(struct sched *s, int64_t id);
 
 /* ---- the pools' side ---- */
@@ -96,5 +98,9 @@ struct sched_stats {
         size_t running[JOB_KIND__COUNT];
 };
 void sched_get_stats(struct sched *s, struct sched_stats *ret);
+
+/* Returns a new {"type", "message"} object for sched_outcome.error, or NULL on ENOMEM. */
+json_t *sched_error_new(const char *type, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
 
 #endif

@@ -21,6 +21,7 @@ struct api {
         pthread_key_t reader_key;       /* each MHD thread's store_reader */
         atomic_bool serving;            /* started: MHD's messages are client noise now */
         atomic_bool stopping;           /* set by api_quiesce: new requests get 503 */
+        atomic_size_t body_bytes;       /* heap bytes of request bodies, all connections */
         int quiesced_fd;                /* the listen socket MHD gave back; closed after stop */
         pthread_mutex_t lock;
         pthread_cond_t idle;            /* suspended dropped to 0 */

@@ -7,7 +7,6 @@
  * waiter is registered before the job is read again, so an end that lands
  * between the first read and the registration is not missed. */
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,14 +157,27 @@ enum MHD_Result jobs_submit(struct request *req)
 
 /* ---- GET /v1/jobs/{id}[?wait=S] ---- */
 
+/* A plain decimal number of seconds, "5" or "0.25", at most max: strtod()
+ * alone would also take " 5", "0x10", "1e3" and "inf". */
 static int parse_seconds(const char *s, double max, double *ret)
 {
-        char *end;
+        const char *p = s + strspn(s, "0123456789");
+        size_t frac;
         double v;
 
-        errno = 0;
-        v = strtod(s, &end);
-        if (errno != 0 || end == s || *end != '\0' || !isfinite(v) || v < 0 || v > max)
+        if (p == s)
+                return -EINVAL;
+        if (*p == '.') {
+                frac = strspn(p + 1, "0123456789");
+                if (frac == 0)
+                        return -EINVAL;
+                p += 1 + frac;
+        }
+        if (*p != '\0')
+                return -EINVAL;
+        /* Overflow gives HUGE_VAL, past any max. */
+        v = strtod(s, NULL);
+        if (v > max)
                 return -EINVAL;
         *ret = v;
         return 0;
@@ -183,8 +195,8 @@ enum MHD_Result jobs_get(struct request *req)
                 return req->error ? out_of_memory(req) : answer_job(req, MHD_HTTP_OK);
         if (arg && parse_seconds(arg, req->api->o.max_wait, &wait) < 0)
                 return reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_request",
-                                   "\"wait\" must be a number of seconds from 0 to %g",
-                                   req->api->o.max_wait);
+                                   "\"wait\" must be a plain decimal number of seconds "
+                                   "from 0 to %g", req->api->o.max_wait);
         r = read_job(req, &j);
         if (r == -ENOENT)
                 return no_such_job(req);
@@ -220,8 +232,10 @@ static enum MHD_Result cancel_answer(struct request *req)
         if (r < 0)
                 return reply_store_error(req, r);
         /* Only the request that stopped the job gets 200; a job that had
-         * already ended (even cancelled) is a 409. */
-        if (j->state == JOB_CANCELLED && req->cancel_result != -ENOENT)
+         * already ended (even cancelled) is a 409, also when another
+         * request had told it to stop (-EALREADY). */
+        if (j->state == JOB_CANCELLED &&
+            (req->cancel_result == 0 || req->cancel_result == -EINPROGRESS))
                 ret = reply_job_answer(req, MHD_HTTP_OK, j);
         else if (job_state_finished(j->state))
                 ret = reply_error(req, MHD_HTTP_CONFLICT, "already_finished",
@@ -242,10 +256,14 @@ enum MHD_Result jobs_cancel(struct request *req)
         if (req->error)
                 return MHD_YES;
         /* 0 and -EINPROGRESS end in the job's end, which fires the waiter;
-         * -ENOENT: finished, finishing (its end will fire it) or unknown. */
+         * -ENOENT: finished, finishing (its end will fire it) or unknown;
+         * -EALREADY: another cancel stopped it and gets the 200, so this
+         * one answers now, without waiting for the end. */
         req->cancel_result = sched_cancel(req->api->d.sched, req->id);
         if (req->cancel_result == -ENOENT)
                 recheck(req);
+        else if (req->cancel_result == -EALREADY)
+                hub_fire(req->api->hub, &req->waiter);
         return MHD_YES;
 }
 

@@ -13,8 +13,6 @@
 #include "api/api.h"
 #include "api/request.h"
 
-#define JSON_TYPE "application/json"
-
 void reply_time(char buf[static REPLY_TIME_MAX], int64_t ms)
 {
         time_t secs = (time_t) (ms / 1000);
@@ -124,7 +122,8 @@ static struct MHD_Response *response_new(struct strbuf *body, const char *header
                 free(text);
                 return NULL;
         }
-        if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, JSON_TYPE) != MHD_YES ||
+        if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                    REPLY_JSON_TYPE) != MHD_YES ||
             (header && MHD_add_response_header(resp, header, value) != MHD_YES)) {
                 MHD_destroy_response(resp);
                 return NULL;

@@ -14,6 +14,9 @@
 
 struct request;
 
+/* The media type of every body sent, and of the bodies accepted. */
+#define REPLY_JSON_TYPE "application/json"
+
 /* RFC 3339 UTC with milliseconds, "2026-11-25T04:20:07.123Z". */
 #define REPLY_TIME_MAX 32
 void reply_time(char buf[static REPLY_TIME_MAX], int64_t ms);

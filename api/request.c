@@ -1,13 +1,17 @@
-/* The life of one request. The first callback routes and refuses early what
- * needs no body (so a 413 or 415 costs no buffering); body pieces are
- * buffered up to max_body, past which they are dropped and the request is
- * answered 413 at its end; the last callback parses and dispatches. A
- * suspended request counts in api->suspended from its suspend until it runs
- * again or is freed, so api_stop() can wait for none to be left. */
+/* The life of one request. MHD's URI log callback makes it and notes how
+ * long the path came, before MHD decodes it in place. The first call of the
+ * access handler routes and refuses early what needs no body (so a 413 or
+ * 415 costs no buffering); body pieces are buffered up to max_body, and all
+ * bodies together up to a budget, past which the rest is dropped and the
+ * request answered at its end (MHD takes no answer in the middle of a
+ * body); the last call parses and dispatches. A suspended request counts in
+ * api->suspended from its suspend until it runs again or is freed, so
+ * api_stop() can wait for none to be left. */
 #include "api/request.h"
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -17,93 +21,177 @@
 #include "api/routes.h"
 #include "api/spec.h"
 
-#define JSON_TYPE "application/json"
+/* Bodies buffered at once, across all connections, take at most this many
+ * max_body: plenty for concurrent submissions, where max_connections x
+ * max_body (4 GiB by default) would let clients take the memory. */
+#define REQUEST_BODY_BUDGET 64
 
 /* No Content-Type is taken as JSON; parameters (charset) are allowed. */
 static bool json_media_type(const char *ct)
 {
-        size_t n = strlen(JSON_TYPE);
+        size_t n = strlen(REPLY_JSON_TYPE);
 
         if (!ct)
                 return true;
         ct += strspn(ct, " \t");
-        if (strncasecmp(ct, JSON_TYPE, n) != 0)
+        if (strncasecmp(ct, REPLY_JSON_TYPE, n) != 0)
                 return false;
         ct += n;
         ct += strspn(ct, " \t");
         return *ct == '\0' || *ct == ';';
 }
 
-static enum MHD_Result too_large(struct request *req)
+static enum MHD_Result refuse_body(struct request *req)
 {
+        switch (req->refused) {
+        case REQUEST_UNWANTED:
+                return reply_error(req, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+                                   "this resource takes no request body");
+        case REQUEST_BUSY:
+                return reply_error_with(req, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                        MHD_HTTP_HEADER_RETRY_AFTER, "1", "server_busy",
+                                        "too many request bodies are coming in; retry later");
+        case REQUEST_TAKEN:
+        case REQUEST_TOO_LARGE:
+                break;
+        }
         return reply_error(req, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
                            "the request body is larger than %zu bytes", req->api->o.max_body);
 }
 
-enum MHD_Result request_begin(struct api *a, struct MHD_Connection *conn, const char *url,
-                              const char *method, struct request **ret)
+struct request *request_new(struct api *a, struct MHD_Connection *conn, const char *uri)
 {
+        struct request *req = calloc(1, sizeof(*req));
+
+        if (!req)
+                return NULL;
+        req->api = a;
+        req->conn = conn;
+        /* MHD gives no uri for a request line without one. */
+        req->path_len = uri ? strcspn(uri, "?") : 0;
+        req->body = req->body_inline;
+        req->body_cap = sizeof(req->body_inline);
+        return req;
+}
+
+enum MHD_Result request_begin(struct request *req, const char *url, const char *method)
+{
+        struct api *a = req->api;
         const char *length, *type;
-        struct request *req;
+        unsigned long long announced;
         char allow[64];
         int r;
 
-        req = calloc(1, sizeof(*req));
-        if (!req)
-                return MHD_NO;
-        req->api = a;
-        req->conn = conn;
-        req->body = req->body_inline;
-        req->body_cap = sizeof(req->body_inline);
-        *ret = req;
-
+        req->begun = true;
         if (atomic_load(&a->stopping))
                 return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
                                    "futured is shutting down");
+        /* MHD decodes the path in place, so an escape ("%31" for "1", or
+         * "%00", which cuts the string short) leaves it shorter than it
+         * came. No path here needs one: refusing them gives every resource
+         * one name. The path is not echoed: it is raw client bytes. */
+        if (strlen(url) != req->path_len)
+                return reply_error(req, MHD_HTTP_NOT_FOUND, "not_found", "no such resource");
         r = route_find(method, url, &req->route, &req->id, allow, sizeof(allow));
         if (r == -EOPNOTSUPP)
                 return reply_error_with(req, MHD_HTTP_METHOD_NOT_ALLOWED, MHD_HTTP_HEADER_ALLOW,
                                         allow, "method_not_allowed",
                                         "this method is not allowed here; allowed: %s", allow);
-        /* The path is not echoed: it is raw client bytes, maybe not UTF-8. */
         if (r < 0)
                 return reply_error(req, MHD_HTTP_NOT_FOUND, "not_found", "no such resource");
 
-        length = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+        length = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
                                              MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (length && strtoull(length, NULL, 10) > a->o.max_body)
-                return too_large(req);
-        type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+        announced = length ? strtoull(length, NULL, 10) : 0;
+        if (announced > 0 && !(req->route->flags & ROUTE_BODY))
+                req->refused = REQUEST_UNWANTED;
+        else if (announced > a->o.max_body)
+                req->refused = REQUEST_TOO_LARGE;
+        if (req->refused)
+                return refuse_body(req);
+        type = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                           MHD_HTTP_HEADER_CONTENT_TYPE);
         if ((req->route->flags & ROUTE_BODY) && !json_media_type(type))
                 return reply_error(req, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
                                    "the body must be JSON: send Content-Type: application/json");
         return MHD_YES;
 }
 
-static void body_append(struct request *req, const char *data, size_t n)
+/* Frees the heap body and gives its bytes back to the budget. */
+static void body_drop(struct request *req)
 {
-        size_t max = req->api->o.max_body, cap;
+        if (req->body != req->body_inline)
+                free(req->body);
+        req->body = req->body_inline;
+        req->body_cap = sizeof(req->body_inline);
+        req->body_len = 0;
+        atomic_fetch_sub(&req->api->body_bytes, req->body_charged);
+        req->body_charged = 0;
+}
+
+/* Room for need bytes (at most max_body); -EBUSY past the budget. */
+static int body_grow(struct request *req, size_t need)
+{
+        struct api *a = req->api;
+        size_t max = a->o.max_body, cap = req->body_cap, more, budget;
         char *p;
 
-        if (req->body_too_large || req->error)
+        while (cap < need)
+                cap *= 2;
+        if (cap > max)
+                cap = max;
+        budget = max > SIZE_MAX / REQUEST_BODY_BUDGET ? SIZE_MAX : max * REQUEST_BODY_BUDGET;
+        /* Charged before it is allocated, so no two threads both take the
+         * last of the budget. */
+        more = cap - req->body_charged;
+        if (atomic_fetch_add(&a->body_bytes, more) > budget - more) {
+                atomic_fetch_sub(&a->body_bytes, more);
+                return -EBUSY;
+        }
+        p = req->body == req->body_inline ? malloc(cap) : realloc(req->body, cap);
+        if (!p) {
+                atomic_fetch_sub(&a->body_bytes, more);
+                return -ENOMEM;
+        }
+        if (req->body == req->body_inline)
+                memcpy(p, req->body, req->body_len);
+        req->body = p;
+        req->body_cap = cap;
+        req->body_charged = cap;
+        return 0;
+}
+
+/* Stops buffering: what came is freed now, the rest is dropped. */
+static void body_refuse(struct request *req, enum request_refusal why)
+{
+        req->refused = why;
+        body_drop(req);
+}
+
+static void body_append(struct request *req, const char *data, size_t n)
+{
+        int r;
+
+        if (req->refused || req->error)
                 return;
-        if (n > max - req->body_len) {
-                req->body_too_large = true;
+        if (!(req->route->flags & ROUTE_BODY)) {
+                body_refuse(req, REQUEST_UNWANTED);
+                return;
+        }
+        if (n > req->api->o.max_body - req->body_len) {
+                body_refuse(req, REQUEST_TOO_LARGE);
                 return;
         }
         if (req->body_len + n > req->body_cap) {
-                cap = req->body_cap;
-                while (cap < req->body_len + n)
-                        cap *= 2;
-                p = req->body == req->body_inline ? malloc(cap) : realloc(req->body, cap);
-                if (!p) {
-                        req->error = -ENOMEM;
+                r = body_grow(req, req->body_len + n);
+                if (r == -EBUSY) {
+                        body_refuse(req, REQUEST_BUSY);
                         return;
                 }
-                if (req->body == req->body_inline)
-                        memcpy(p, req->body, req->body_len);
-                req->body = p;
-                req->body_cap = cap;
+                if (r < 0) {
+                        req->error = r;
+                        return;
+                }
         }
         memcpy(req->body + req->body_len, data, n);
         req->body_len += n;
@@ -113,8 +201,8 @@ static enum MHD_Result dispatch(struct request *req)
 {
         struct spec_error err;
 
-        if (req->body_too_large)
-                return too_large(req);
+        if (req->refused)
+                return refuse_body(req);
         if (req->error)
                 return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
                                    "out of memory");
@@ -165,8 +253,7 @@ void request_free(struct request *req)
                 hub_remove(req->api->hub, &req->waiter);
         json_decref(req->json);
         strbuf_reset(&req->out);
-        if (req->body != req->body_inline)
-                free(req->body);
+        body_drop(req);
         free(req);
 }
 

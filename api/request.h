@@ -22,16 +22,27 @@ struct route;
 
 #define REQUEST_INLINE_BODY 1024
 
+/* Why a body was not taken; the answer comes once it has gone by. */
+enum request_refusal {
+        REQUEST_TAKEN,
+        REQUEST_TOO_LARGE,              /* past max_body: 413 */
+        REQUEST_UNWANTED,               /* a route that takes no body: 413 */
+        REQUEST_BUSY,                   /* past the budget of all bodies: 503 */
+};
+
 struct request {
         struct api *api;
         struct MHD_Connection *conn;
+        size_t path_len;                /* of the path as sent, before MHD decoded it */
+        bool begun;                     /* request_begin() ran */
         const struct route *route;
         int64_t id;                     /* the {id} of the path; 0: none */
 
         char *body;                     /* body_inline or heap */
         size_t body_len;
         size_t body_cap;
-        bool body_too_large;            /* stopped buffering; 413 at the end */
+        size_t body_charged;            /* bytes of api->body_bytes this body holds */
+        enum request_refusal refused;   /* stopped buffering; answered at the end */
         json_t *json;                   /* the parsed body (routes that take one) */
 
         bool suspended;                 /* MHD thread only */
@@ -52,12 +63,15 @@ struct request {
         char body_inline[REQUEST_INLINE_BODY];
 };
 
-/* The first callback of a request: allocates it (*ret, freed by
- * request_free()) and answers at once what needs no body: 503 while
- * stopping, 404, 405, 413 from Content-Length, 415. */
-enum MHD_Result request_begin(struct api *a, struct MHD_Connection *conn, const char *url,
-                              const char *method, struct request **ret);
-/* Every later callback. */
+/* MHD's URI log callback, the first of a request: allocates it (freed by
+ * request_free()) with the raw uri, before MHD decodes it. NULL when out of
+ * memory. */
+struct request *request_new(struct api *a, struct MHD_Connection *conn, const char *uri);
+/* The first call of the access handler: answers at once what needs no
+ * body: 503 while stopping, 404, 405, 413 from Content-Length or a body on a
+ * route that takes none, 415. */
+enum MHD_Result request_begin(struct request *req, const char *url, const char *method);
+/* Every later call. */
 enum MHD_Result request_continue(struct request *req, const char *data, size_t *size);
 /* NOTIFY_COMPLETED. Accepts NULL. */
 void request_free(struct request *req);

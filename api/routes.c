@@ -19,12 +19,15 @@ static const struct route routes[] = {
         { "GET", "/healthz", 0, misc_healthz },
 };
 
-/* A path segment that is a decimal integer > 0 (and fits); *end is where
- * the segment ends. */
+/* A path segment that is a decimal integer > 0 (and fits) written the one
+ * way an id is written, without leading zeros; *end is where the segment
+ * ends. */
 static bool parse_id(const char *s, const char **end, int64_t *ret)
 {
         int64_t v = 0;
 
+        if (*s == '0')
+                return false;
         for (; *s >= '0' && *s <= '9'; s++) {
                 if (v > (INT64_MAX - (*s - '0')) / 10)
                         return false;

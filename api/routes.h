@@ -17,7 +17,7 @@ enum {
 
 struct route {
         const char *method;
-        const char *pattern;    /* "{id}" matches a job id: a decimal integer > 0 */
+        const char *pattern;    /* "{id}": a decimal integer > 0, no leading 0 */
         unsigned flags;
         enum MHD_Result (*handler)(struct request *req);
 };

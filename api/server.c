@@ -1,7 +1,8 @@
 /* The HTTP server: libmicrohttpd with an epoll thread pool and
  * suspend/resume. Invariants:
- * - per-request state is made on a request's first callback and freed only
- *   in NOTIFY_COMPLETED (request.c);
+ * - per-request state is made in the URI log callback, the first of a
+ *   request, and freed only in NOTIFY_COMPLETED (request.c), which MHD
+ *   calls for every request that reached that callback;
  * - a suspended connection is resumed exactly once, by whatever it waits
  *   for (a commit, a hub waiter), and the answer is queued on MHD's thread
  *   when the handler runs again;
@@ -28,6 +29,12 @@
 
 /* Seconds api_stop() waits for suspended requests to be answered. */
 #define API_STOP_WAIT 10
+/* Bytes of MHD's per-connection pool, which holds the request line, the
+ * headers and the answer's headers. With 32 KiB (MHD's default, pinned
+ * here) a request line or headers past about 32 KiB get MHD's own 414 or
+ * 431, or a closed connection when too little is left to answer. 64 KiB
+ * only doubles those limits, and the memory each of max_connections holds. */
+#define API_CONNECTION_MEMORY (32 * 1024)
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
@@ -43,19 +50,26 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
         log_msg(atomic_load(&a->serving) ? LOG_DEBUG : LOG_WARNING, "http: %s", line);
 }
 
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+        return request_new(cls, conn, uri);
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *data,
                                  size_t *size, void **con_cls)
 {
         struct request *req = *con_cls;
-        enum MHD_Result ret;
 
+        (void) cls;
+        (void) conn;
         (void) version;
-        if (req)
-                return request_continue(req, data, size);
-        ret = request_begin(cls, conn, url, method, &req);
-        *con_cls = req;
-        return ret;
+        /* request_new() ran out of memory: MHD closes the connection. */
+        if (!req)
+                return MHD_NO;
+        if (!req->begun)
+                return request_begin(req, url, method);
+        return request_continue(req, data, size);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -136,6 +150,9 @@ int api_start(const struct api_options *o, const struct api_deps *d, struct api 
                                   MHD_OPTION_THREAD_POOL_SIZE, o->threads,
                                   MHD_OPTION_CONNECTION_TIMEOUT, o->connection_timeout,
                                   MHD_OPTION_CONNECTION_LIMIT, o->max_connections,
+                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                                  (size_t) API_CONNECTION_MEMORY,
+                                  MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
                                   MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
                                   MHD_OPTION_END);
         if (!a->mhd) {

@@ -133,10 +133,10 @@ static int get_timeout(const json_t *spec, double def, double *ret, struct spec_
                 return 0;
         }
         t = json_is_number(v) ? json_number_value(v) : -1;
-        if (!(t > 0 && t <= SPEC_MAX_TIMEOUT))
+        if (!(t >= SPEC_MIN_TIMEOUT && t <= SPEC_MAX_TIMEOUT))
                 return spec_fail(err, "invalid_request",
-                                 "\"timeout\" must be a number of seconds, > 0 and <= %.0f",
-                                 SPEC_MAX_TIMEOUT);
+                                 "\"timeout\" must be a number of seconds from %g to %g",
+                                 SPEC_MIN_TIMEOUT, SPEC_MAX_TIMEOUT);
         *ret = t;
         return 0;
 }

@@ -11,6 +11,9 @@
 #include "storage/job.h"
 
 #define SPEC_MAX_DEPTH 32               /* nesting of arrays and objects */
+/* Seconds. A shorter timeout (1e-300) is shorter than any task can run, so
+ * it could only ever fail the job. */
+#define SPEC_MIN_TIMEOUT 0.001
 #define SPEC_MAX_TIMEOUT 86400.0        /* seconds */
 #define SPEC_MAX_ATTEMPTS 100
 #define SPEC_MAX_PRIORITY 1000          /* and -SPEC_MAX_PRIORITY */

@@ -61,30 +61,84 @@ void strbuf_printf(struct strbuf *b, const char *fmt, ...)
         b->len += (size_t) n;
 }
 
+/* Whether s starts with a valid UTF-8 sequence (RFC 3629: no overlong
+ * forms, no surrogates, nothing past U+10FFFF). *ret_len is how many bytes
+ * it covers either way: when invalid, its longest valid-looking prefix, which
+ * one U+FFFD replaces. A NUL is never a continuation byte, so this never
+ * reads past the string. */
+static bool utf8_next(const unsigned char *s, size_t *ret_len)
+{
+        unsigned char lo = 0x80, hi = 0xbf;
+        size_t n;
+
+        if (s[0] >= 0xc2 && s[0] <= 0xdf)
+                n = 2;
+        else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+                n = 3;
+                if (s[0] == 0xe0)
+                        lo = 0xa0;
+                else if (s[0] == 0xed)
+                        hi = 0x9f;
+        } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+                n = 4;
+                if (s[0] == 0xf0)
+                        lo = 0x90;
+                else if (s[0] == 0xf4)
+                        hi = 0x8f;
+        } else {
+                *ret_len = 1;
+                return s[0] < 0x80;
+        }
+        for (size_t i = 1; i < n; i++) {
+                if (s[i] < lo || s[i] > hi) {
+                        *ret_len = i;
+                        return false;
+                }
+                lo = 0x80;
+                hi = 0xbf;
+        }
+        *ret_len = n;
+        return true;
+}
+
+/* What replaces the byte c (ASCII) in a JSON string, or NULL: c stays. */
+static const char *json_escape(unsigned char c, char buf[static 8])
+{
+        if (c >= 0x20 && c != '"' && c != '\\')
+                return NULL;
+        if (c == '"' || c == '\\')
+                snprintf(buf, 8, "\\%c", c);
+        else if (c == '\n')
+                snprintf(buf, 8, "\\n");
+        else if (c == '\t')
+                snprintf(buf, 8, "\\t");
+        else
+                snprintf(buf, 8, "\\u%04x", c);
+        return buf;
+}
+
 void strbuf_json_string(struct strbuf *b, const char *s)
 {
-        const char *run = s;
+        const unsigned char *u = (const unsigned char *) s, *run = u;
 
         strbuf_append(b, "\"", 1);
-        for (; *s; s++) {
-                unsigned char c = (unsigned char) *s;
-                char esc[8];
+        while (*u) {
+                const char *esc;
+                char buf[8];
+                size_t n = 1;
 
-                if (c >= 0x20 && c != '"' && c != '\\')
-                        continue;
-                strbuf_append(b, run, (size_t) (s - run));
-                run = s + 1;
-                if (c == '"' || c == '\\')
-                        snprintf(esc, sizeof(esc), "\\%c", c);
-                else if (c == '\n')
-                        snprintf(esc, sizeof(esc), "\\n");
-                else if (c == '\t')
-                        snprintf(esc, sizeof(esc), "\\t");
+                if (*u >= 0x80)
+                        esc = utf8_next(u, &n) ? NULL : "\\ufffd";
                 else
-                        snprintf(esc, sizeof(esc), "\\u%04x", c);
-                strbuf_puts(b, esc);
+                        esc = json_escape(*u, buf);
+                if (esc) {
+                        strbuf_append(b, (const char *) run, (size_t) (u - run));
+                        strbuf_puts(b, esc);
+                        run = u + n;
+                }
+                u += n;
         }
-        strbuf_append(b, run, (size_t) (s - run));
+        strbuf_append(b, (const char *) run, (size_t) (u - run));
         strbuf_append(b, "\"", 1);
 }
 

@@ -17,7 +17,9 @@ struct strbuf {
 void strbuf_append(struct strbuf *b, const char *s, size_t n);
 void strbuf_puts(struct strbuf *b, const char *s);
 void strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* s as a quoted JSON string; s must be UTF-8 (it came through jansson). */
+/* s as a quoted JSON string, valid whatever the bytes: a sequence that is
+ * not UTF-8 (a client string cut short by a fixed-size message) becomes
+ * U+FFFD. */
 void strbuf_json_string(struct strbuf *b, const char *s);
 void strbuf_insert(struct strbuf *b, size_t at, const char *s, size_t n);
 /* Hands the text over (*ret is the caller's, free()) and empties b; -ENOMEM

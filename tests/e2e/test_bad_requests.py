@@ -4,6 +4,7 @@ and none of them stores anything or hurts the daemon."""
 import json
 import select
 import socket
+import threading
 import time
 
 import harness
@@ -79,6 +80,20 @@ BAD = [
          "too_deep"),
         ("depth 20000", "POST", "/v1/jobs", spec_with(deep(20000)), 400, ("too_deep", "invalid_json")),
         ("wait negative", "GET", "/v1/jobs/1?wait=-1", None, (400, 404), ("invalid_request", "not_found")),
+        ("wait hex", "GET", "/v1/jobs/1?wait=0x10", None, 400, "invalid_request"),
+        ("wait hex float", "GET", "/v1/jobs/1?wait=0x1p3", None, 400, "invalid_request"),
+        ("wait leading space", "GET", "/v1/jobs/1?wait=%201", None, 400, "invalid_request"),
+        ("wait exponent", "GET", "/v1/jobs/1?wait=1e1", None, 400, "invalid_request"),
+        ("wait inf", "GET", "/v1/jobs/1?wait=inf", None, 400, "invalid_request"),
+        ("wait bare point", "GET", "/v1/jobs/1?wait=1.", None, 400, "invalid_request"),
+        ("wait no integer part", "GET", "/v1/jobs/1?wait=.5", None, 400, "invalid_request"),
+        ("wait plus sign", "GET", "/v1/jobs/1?wait=%2B1", None, 400, "invalid_request"),
+        ("timeout 1e-300", "POST", "/v1/jobs", b'{"task":"noop","timeout":1e-300}', 400, "invalid_request"),
+        ("timeout under 1 ms", "POST", "/v1/jobs", {"task": "noop", "timeout": 0.0009}, 400, "invalid_request"),
+        ("body on GET healthz", "GET", "/healthz", {"a": 1}, 413, "body_too_large"),
+        ("body on GET stats", "GET", "/v1/stats", b"x", 413, "body_too_large"),
+        ("body on cancel", "POST", "/v1/jobs/1/cancel", {}, 413, "body_too_large"),
+        ("id zero", "GET", "/v1/jobs/0", None, 404, "not_found"),
         ("list limit zero", "GET", "/v1/jobs?limit=0", None, 400, "invalid_request"),
         ("list limit text", "GET", "/v1/jobs?limit=ten", None, 400, "invalid_request"),
         ("list bad state", "GET", "/v1/jobs?state=sleeping", None, 400, "invalid_request"),
@@ -132,6 +147,60 @@ class TestBadRequests(DaemonTestCase):
                                 if r.status == 405:
                                         self.assertTrue(r.header("allow"), "405 without Allow: %s" % what)
                 self.assertEqual([j["id"] for j in d.list_all()], ids, "bad requests left jobs behind")
+
+        def test_error_bodies_are_utf8(self):
+                # Client strings cut to fit a message, in the middle of a
+                # two-byte character: the body must still be UTF-8 JSON.
+                d = self.daemon
+                cases = [
+                        ("field name", ('{"%s\u00e9":1,"task":"noop"}' % ("a" * 63)).encode(), "unknown_field"),
+                        ("task name", ('{"task":"%s\u00e9"}' % ("a" * 63)).encode(), "unknown_task"),
+                        ("args key", ('{"task":"sleep","args":{"%s":1}}' % ("\u00e9" * 200)).encode(), "invalid_args"),
+                ]
+                for what, body, code in cases:
+                        with self.subTest(what):
+                                r = d.request("POST", "/v1/jobs", raw=body)
+                                self.assertEqual(r.status, 400, r)
+                                text = r.body.decode("utf-8")
+                                err = json.loads(text)["error"]
+                                self.assertEqual(err["code"], code, text)
+                                self.assertNotIn("\ufffd\ufffd", err["message"], text)
+                # Characters that fit are kept as they are.
+                r = d.request("POST", "/v1/jobs", {"task": "caf\u00e9 \U0001f600"})
+                self.assertError(r, 400, "unknown_task", "task name in UTF-8")
+                self.assertIn("caf\u00e9 \U0001f600", r.json["error"]["message"])
+
+        def test_ids_are_canonical(self):
+                d = self.daemon
+                j = d.wait(d.submit({"task": "noop", "tag": "canonical"})["id"])
+                self.before["succeeded"] += 1
+                jid = j["id"]
+                self.assertEqual(d.job(jid), j)
+                escaped = "".join("%%%02X" % ord(c) for c in jid)
+                for path in ("/v1/jobs/0%s" % jid, "/v1/jobs/00%s" % jid, "/v1/jobs/%s" % escaped,
+                             "/v1/jobs/%s%%00" % jid, "/v1/jobs/%s%%00x" % jid, "/v1/jobs/%s%%2F" % jid,
+                             "/v1/%%6Aobs/%s" % jid, "/v1/jobs/+%s" % jid):
+                        with self.subTest(path):
+                                self.assertError(d.request("GET", path), 404, "not_found", path)
+                for method, path in (("POST", "/v1/jobs/0%s/cancel" % jid), ("DELETE", "/v1/jobs/%s%%00" % jid)):
+                        with self.subTest(path):
+                                self.assertError(d.request(method, path), 404, "not_found", path)
+                self.assertEqual(d.job(jid), j, "a non-canonical path changed the job")
+
+        def test_body_on_bodyless_route_content_length(self):
+                # 1 MiB announced to GET /healthz: refused before it is read.
+                head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n"
+                t0 = time.monotonic()
+                status, sent, answer = self.raw_exchange(head, [b" " * 65536] * 16)
+                self.assertTrue(status.startswith(b"HTTP/1.1 413"), "got %r" % (answer[:300],))
+                self.assertLess(time.monotonic() - t0, 5)
+                self.assertIn(b"body_too_large", answer)
+
+        def test_body_on_bodyless_route_chunked(self):
+                head = b"GET /v1/stats HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                status, sent, answer = self.raw_exchange(head, [b"5\r\nhello\r\n", b"0\r\n\r\n"])
+                self.assertTrue(status.startswith(b"HTTP/1.1 413"), "got %r" % (answer[:300],))
+                self.assertIn(b"body_too_large", answer)
 
         def test_content_type(self):
                 d = self.daemon
@@ -222,6 +291,87 @@ class TestBadRequests(DaemonTestCase):
                 s.close()
                 r = d.request("GET", "/healthz")
                 self.assertEqual(r.status, 200, r)
+
+
+class TestBodyBudget(DaemonTestCase):
+        # max_body 4096: bodies in flight may hold 64 x 4096 bytes in all.
+        DAEMON_ARGS = {"io_threads": 1, "cpu_workers": 1, "args": ("--max-body", "4096")}
+
+        def probe(self):
+                """A body past the inline buffer: 400 while the budget has
+                room, 503 once it has none."""
+                c = self.daemon.new_client()
+                try:
+                        return c.request("POST", "/v1/jobs", raw=b" " * 3000 + b"x")
+                finally:
+                        c.close()
+
+        def test_503_past_the_budget(self):
+                d = self.daemon
+                before = d.job_counts()
+                self.assertError(self.probe(), 400, "invalid_json", "budget untouched")
+                head = (b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 4096\r\n\r\n")
+                holders = []
+                try:
+                        # Each holds 3000 of its 4096 bytes: 4096 buffered.
+                        for _ in range(64):
+                                s = socket.create_connection((HOST, d.port), timeout=10)
+                                holders.append(s)
+                                s.sendall(head + b" " * 3000)
+                        r = harness.poll_until(lambda: (lambda r: r if r.status == 503 else None)(self.probe()),
+                                               10, "a 503 once 64 bodies hold the budget")
+                        self.assertError(r, 503, "server_busy", "body past the budget")
+                        self.assertEqual(r.header("retry-after"), "1")
+                        self.assertEqual(d.request("GET", "/healthz").status, 200, "a request without a body")
+                finally:
+                        for s in holders:
+                                s.close()
+                harness.poll_until(lambda: self.probe().status == 400, 10, "the budget back once the bodies went")
+                self.assertEqual(d.job_counts(), before)
+
+
+class TestConcurrentCancel(DaemonTestCase):
+        DAEMON_ARGS = {"io_threads": 2, "cpu_workers": 2}
+
+        def cancel_all_at_once(self, spec, n=8):
+                d = self.daemon
+                j = d.submit(spec)
+                d.wait_state(j["id"], "running")
+                go = threading.Barrier(n)
+                answers = [None] * n
+
+                def cancel(i):
+                        c = d.new_client()
+                        try:
+                                go.wait()
+                                answers[i] = c.request("POST", "/v1/jobs/%s/cancel" % j["id"])
+                        finally:
+                                c.close()
+
+                threads = [threading.Thread(target=cancel, args=(i,)) for i in range(n)]
+                for t in threads:
+                        t.start()
+                for t in threads:
+                        t.join(30)
+                statuses = [r.status if r else None for r in answers]
+                self.assertEqual(statuses.count(200), 1, "only the cancel that stopped the job gets 200: %r"
+                                 % (statuses,))
+                for r in answers:
+                        if r.status == 409:
+                                self.assertError(r, 409, "already_finished", "a later cancel")
+                        else:
+                                self.assertIn(r.status, (200, 202), answers)
+                                self.assertEqual(r.json["id"], j["id"])
+                self.assertEqual(d.wait(j["id"])["state"], "cancelled")
+
+        def test_running_io(self):
+                for _ in range(5):
+                        self.cancel_all_at_once({"task": "sleep", "args": {"seconds": 30}, "timeout": 60})
+
+        def test_running_cpu(self):
+                for _ in range(3):
+                        self.cancel_all_at_once({"task": "sqrt_sum", "args": {"n": 10 ** 10}, "timeout": 60})
 
 
 class TestQueueFull(DaemonTestCase):

@@ -1,6 +1,8 @@
 /* api/spec.c: body parsing limits and every job spec rule, valid and not,
  * against the real task table (noop: any object, io or cpu; sleep: io,
- * params ["seconds"]; sqrt_sum: cpu, params ["n"]). */
+ * params ["seconds"]; sqrt_sum: cpu, params ["n"]); and that its refusals,
+ * which quote client strings cut to fit, reach the client as valid JSON
+ * through strbuf_json_string(). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +15,7 @@
 #include <string.h>
 
 #include "api/spec.h"
+#include "api/strbuf.h"
 
 static const struct spec_defaults defaults = { .timeout = 30 };
 
@@ -244,6 +247,8 @@ static void test_numbers(void **state)
         job_free(j);
 
         refuse("{\"task\":\"noop\",\"timeout\":0}", "invalid_request", "timeout");
+        refuse("{\"task\":\"noop\",\"timeout\":1e-300}", "invalid_request", "0.001");
+        refuse("{\"task\":\"noop\",\"timeout\":0.0009}", "invalid_request", "0.001");
         refuse("{\"task\":\"noop\",\"timeout\":-1}", "invalid_request", "timeout");
         refuse("{\"task\":\"noop\",\"timeout\":86400.5}", "invalid_request", "timeout");
         refuse("{\"task\":\"noop\",\"timeout\":true}", "invalid_request", "timeout");
@@ -291,6 +296,92 @@ static void test_key_and_tag(void **state)
         refuse(text, "invalid_request", "tag");
 }
 
+/* s written as a JSON string; the caller frees. */
+static char *json_text(const char *s)
+{
+        struct strbuf b = { 0 };
+        size_t len;
+        char *text;
+
+        strbuf_json_string(&b, s);
+        assert_int_equal(strbuf_steal(&b, &text, &len), 0);
+        return text;
+}
+
+/* Asserts s is written as want, and that jansson (which refuses invalid
+ * UTF-8) reads it back. */
+static void assert_json_string(const char *s, const char *want)
+{
+        char *text = json_text(s);
+        json_t *v;
+
+        assert_string_equal(text, want);
+        v = json_loads(text, JSON_DECODE_ANY, NULL);
+        if (!v)
+                fail_msg("not valid JSON: %s", text);
+        json_decref(v);
+        free(text);
+}
+
+static void test_json_string(void **state)
+{
+        (void) state;
+        assert_json_string("", "\"\"");
+        assert_json_string("a\"b\\c\n\t\x01\x7f", "\"a\\\"b\\\\c\\n\\t\\u0001\x7f\"");
+        assert_json_string("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xf4\x8f\xbf\xbf",
+                           "\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xf4\x8f\xbf\xbf\"");
+        /* Cut short, at the end and before more text. */
+        assert_json_string("a\xc3", "\"a\\ufffd\"");
+        assert_json_string("\xe2\x82x", "\"\\ufffdx\"");
+        assert_json_string("\xf0\x9f\x98", "\"\\ufffd\"");
+        /* Never valid: stray continuation, C0/C1 and F5+ leads, overlong
+         * forms, surrogates, past U+10FFFF. */
+        assert_json_string("\x80\xbf", "\"\\ufffd\\ufffd\"");
+        assert_json_string("\xc0\xaf\xc1\xbf", "\"\\ufffd\\ufffd\\ufffd\\ufffd\"");
+        assert_json_string("\xf5\xff", "\"\\ufffd\\ufffd\"");
+        assert_json_string("\xe0\x80\xaf", "\"\\ufffd\\ufffd\\ufffd\"");
+        assert_json_string("\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\"");
+        assert_json_string("\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\"");
+}
+
+/* A refusal quoting a client string cut inside a character is still
+ * valid JSON once written. */
+static void assert_refusal_is_json(const char *text, const char *code)
+{
+        struct spec_error err = { 0 };
+        struct job *j = NULL;
+        char *out;
+        json_t *v;
+
+        assert_int_equal(submit(text, &j, &err), -EINVAL);
+        assert_string_equal(err.code, code);
+        out = json_text(err.message);
+        v = json_loads(out, JSON_DECODE_ANY, NULL);
+        if (!v)
+                fail_msg("refusal of %s is not valid JSON: %s", text, out);
+        assert_non_null(strstr(json_string_value(v), "\xef\xbf\xbd"));
+        json_decref(v);
+        free(out);
+}
+
+static void test_refusals_as_json(void **state)
+{
+        char a63[64], text[1024], *p = text;
+
+        (void) state;
+        memset(a63, 'a', 63);
+        a63[63] = '\0';
+        snprintf(text, sizeof(text), "{\"%s\xc3\xa9\":1,\"task\":\"noop\"}", a63);
+        assert_refusal_is_json(text, "unknown_field");
+        snprintf(text, sizeof(text), "{\"task\":\"%s\xc3\xa9\"}", a63);
+        assert_refusal_is_json(text, "unknown_task");
+        p += sprintf(p, "{\"task\":\"sleep\",\"args\":{\"");
+        for (int i = 0; i < 200; i++)
+                p += sprintf(p, "\xc3\xa9");
+        sprintf(p, "\":1}}");
+        assert_refusal_is_json(text, "invalid_args");
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -303,6 +394,8 @@ int main(void)
                 cmocka_unit_test(test_args),
                 cmocka_unit_test(test_numbers),
                 cmocka_unit_test(test_key_and_tag),
+                cmocka_unit_test(test_json_string),
+                cmocka_unit_test(test_refusals_as_json),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """futured benchmark: durable submissions/s, end-to-end noop jobs/s, submit
-latency, CPU pool speedup and idle CPU, against a freshly started daemon on
-a free loopback port. Prints a table, then one JSON line.
+latency, CPU pool speedup, idle CPU, and batches (a big NDJSON batch: items/s
+submitted and streamed back, peak RSS; stream delivery latency), against a
+freshly started daemon on a free loopback port. Prints a table, then one
+JSON line.
 
   python3 bench/bench.py --futured PATH [--quick] [--reps N] [--no-peers]
+                         [--only batch]
 
 Each daemon runs in its own temporary directory (see tests/e2e/harness.py,
 which this reuses) and is stopped, with its workers, whatever happens.
@@ -11,6 +14,7 @@ which this reuses) and is stopped, with its workers, whatever happens.
 
 import argparse
 import datetime
+import http.client
 import json
 import multiprocessing
 import os
@@ -31,7 +35,8 @@ import harness  # noqa: E402
 
 PEERS = "/work/shared/peers/futures_baseline.py"
 NOOP_BODY = b'{"task":"noop"}'
-TARGETS = {"submit_per_s": 15000, "e2e_per_s": 10000, "p50_ms": 1.0, "speedup": 1.9, "idle_cpu_percent": 0.0}
+TARGETS = {"submit_per_s": 15000, "e2e_per_s": 10000, "p50_ms": 1.0, "speedup": 1.9, "idle_cpu_percent": 0.0,
+           "batch_submit_per_s": 200000, "batch_rss_mb": 150, "delivery_p99_ms": 2.0}
 
 
 def log(msg):
@@ -321,6 +326,119 @@ def bench_idle(seconds):
                 stop_daemon(d)
 
 
+# ---- batches: one big NDJSON batch, and stream delivery latency ----
+
+def vm_hwm_mb(pid):
+        """Peak resident set size of pid (VmHWM), in MB."""
+        with open("/proc/%d/status" % pid) as f:
+                for line in f:
+                        if line.startswith("VmHWM:"):
+                                return int(line.split()[1]) / 1024.0
+        raise RuntimeError("no VmHWM for pid %d" % pid)
+
+
+def read_stream_to_end(port, path, headers=b""):
+        """GETs a chunked stream and reads it to its end as cheaply as Python
+        can: decodes the chunks and counts the lines, parsing none. Returns
+        (lines, last line)."""
+        sock = socket.create_connection((harness.HOST, port), timeout=600)
+        try:
+                sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (path.encode(), headers))
+                reader = harness.ResponseReader()
+                buf = b""
+                while reader.status is None:
+                        data = sock.recv(65536)
+                        if not data:
+                                raise RuntimeError("stream closed before its head")
+                        buf += data
+                        reader.feed(data, 0, 0)
+                if reader.status != 200 or reader.decoder is None:
+                        raise RuntimeError("stream answered %d: %r" % (reader.status, buf[:300]))
+                dec = reader.decoder
+                body = buf[buf.index(b"\r\n\r\n") + 4:]
+                count, tail = 0, b""
+                while True:
+                        piece = dec.feed(body)
+                        count += piece.count(b"\n")
+                        tail = (tail + piece)[-4096:]
+                        if dec.done:
+                                break
+                        body = sock.recv(1 << 20)
+                        if not body:
+                                raise RuntimeError("stream closed before its last chunk")
+                lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+                return count, lines[-1]
+        finally:
+                sock.close()
+
+
+def bench_big_batch(n):
+        """n noop items as one chunked NDJSON batch: items/s until the 202,
+        then the results streamed in completion order until the stream ends;
+        the daemon's peak RSS."""
+        d = harness.Daemon(io_threads=None, cpu_workers=None, log_level="warning",
+                           args=("--max-pending", str(max(1000000, 2 * n)))).start()
+        try:
+                body = b"".join(b'{"args":{"i":%d}}\n' % i for i in range(n))
+                chunk = 1 << 18
+                pieces = [body[i:i + chunk] for i in range(0, len(body), chunk)]
+                del body
+                conn = http.client.HTTPConnection(harness.HOST, d.port, timeout=600)
+                t0 = time.monotonic()
+                conn.request("POST", "/v1/batches?task=noop", body=iter(pieces),
+                             headers={"Content-Type": "application/x-ndjson"})
+                r = conn.getresponse()
+                answer = r.read()
+                t_202 = time.monotonic()
+                conn.close()
+                if r.status != 202:
+                        raise RuntimeError("batch submit answered %d: %r" % (r.status, answer[:300]))
+                bid = json.loads(answer)["id"]
+                lines, last = read_stream_to_end(d.port, "/v1/batches/%s/results" % bid)
+                t_end = time.monotonic()
+                if lines != n:
+                        raise RuntimeError("the stream gave %d lines for %d items" % (lines, n))
+                b = d.batch(bid)
+                if not b["done"] or b["counts"]["succeeded"] != n:
+                        raise RuntimeError("batch after its stream ended: %r" % (b,))
+                rss = vm_hwm_mb(d.pid)
+                return {"items": n, "bytes": sum(len(p) for p in pieces),
+                        "submit_s": round(t_202 - t0, 3), "submit_per_s": n / (t_202 - t0),
+                        "e2e_s": round(t_end - t0, 3), "e2e_per_s": n / (t_end - t0), "rss_mb": rss,
+                        "last_seq": json.loads(last)["seq"]}
+        finally:
+                stop_daemon(d)
+
+
+def bench_delivery(n):
+        """One SSE stream on a batch of n sleep jobs with distinct durations
+        (5 ms apart, all running at once on n I/O threads, so each finishes
+        alone): the wall-clock time each event reaches the client minus the
+        job's finished_at. finished_at has 1 ms resolution, so each sample
+        is off by up to 1 ms (up to +1 ms if the daemon truncates)."""
+        d = harness.Daemon(io_threads=n + 16, cpu_workers=None, log_level="warning").start()
+        try:
+                items = [{"seconds": round(0.3 + 0.005 * i, 3)} for i in range(n)]
+                b = d.submit_batch({"task": "sleep", "timeout": 60, "items": items})
+                s = d.stream(b["id"], sse=True, timeout=60)
+                if s.status != 200:
+                        raise RuntimeError("SSE stream answered %r" % (s,))
+                lat = []
+                while True:
+                        ev = s.read_event(timeout=60)
+                        if ev is None or ev["event"] == "done":
+                                break
+                        j = json.loads(ev["data"])
+                        lat.append((ev["wall"] - harness.parse_time(j["finished_at"])) * 1e3)
+                s.close()
+                if len(lat) != n:
+                        raise RuntimeError("delivery: %d events for %d jobs" % (len(lat), n))
+                lat.sort()
+                return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        finally:
+                stop_daemon(d)
+
+
 def run_peers():
         readme = os.path.join(os.path.dirname(PEERS), "README.md")
         if not os.path.exists(PEERS) or not os.path.exists(readme):
@@ -352,25 +470,12 @@ def peer_ratios(res, peers):
         return out
 
 
-def main():
-        ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-        ap.add_argument("--futured", required=True, help="the built futured binary")
-        ap.add_argument("--quick", action="store_true", help="1 rep, shorter runs (smoke test)")
-        ap.add_argument("--reps", type=int, default=None, help="repetitions of each measurement (3)")
-        ap.add_argument("--no-peers", action="store_true", help="skip the concurrent.futures baseline")
-        a = ap.parse_args()
-        os.environ["FUTURED_BIN"] = os.path.abspath(a.futured)
-        signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
-        reps = a.reps or (1 if a.quick else 3)
+def run_core(res, load, a, reps):
+        """The job measurements; returns their table rows."""
         seconds = 2 if a.quick else 5
         e2e_n = 5000 if a.quick else 20000
         lat_n = 1000 if a.quick else 3000
         cpu_tasks, cpu_n = 8, 5_000_000
-
-        load, client = load_generator()
-        log("client: " + client)
-        res = {"bench": "futured", "quick": a.quick, "reps": reps, "meta": machine(), "client": client}
-        res["meta"]["futured"] = os.environ["FUTURED_BIN"]
 
         s = []
         for i in range(reps):
@@ -406,24 +511,17 @@ def main():
         res["idle_cpu_percent"] = round(bench_idle(10.0), 2)
         log("idle: %.2f %% CPU over 10 s" % res["idle_cpu_percent"])
 
-        if not a.no_peers:
-                peers = run_peers()
-                if peers:
-                        res["peers"] = peer_ratios(res, peers)
-
         got = {"submit_per_s": res["submit_per_s"]["median"], "e2e_per_s": res["e2e_noop_per_s"]["median"],
                "p50_ms": res["submit_latency_ms"]["p50"]["median"], "speedup": res["cpu"]["speedup"],
                "idle_cpu_percent": res["idle_cpu_percent"]}
-        res["targets_met"] = {
+        res["targets_met"].update({
                 "submit_per_s": got["submit_per_s"] >= TARGETS["submit_per_s"],
                 "e2e_per_s": got["e2e_per_s"] >= TARGETS["e2e_per_s"],
                 "p50_ms": got["p50_ms"] < TARGETS["p50_ms"],
                 "speedup": got["speedup"] >= TARGETS["speedup"],
                 "idle_cpu_percent": got["idle_cpu_percent"] <= TARGETS["idle_cpu_percent"],
-        }
-
-        m = res["meta"]
-        rows = [
+        })
+        return [
                 ("durable submissions/s (8 conns)", "%.0f" % got["submit_per_s"], ">= 15000"),
                 ("end-to-end noop jobs/s (%d)" % e2e_n, "%.0f" % got["e2e_per_s"], ">= 10000"),
                 ("submit latency p50 (1 conn)", "%.3f ms" % got["p50_ms"], "< 1 ms"),
@@ -433,14 +531,86 @@ def main():
                 ("speedup 2 vs 1 worker", "%.2f" % got["speedup"], ">= 1.9"),
                 ("idle CPU over 10 s", "%.2f %%" % got["idle_cpu_percent"], "0 %"),
         ]
+
+
+def run_batch(res, a, reps):
+        """The batch measurements; returns their table rows."""
+        n = a.batch_items or (100_000 if a.quick else 1_000_000)
+        delivery_n = 200 if a.quick else 400
+        runs = []
+        for i in range(reps):
+                runs.append(bench_big_batch(n))
+                r = runs[-1]
+                log("batch rep %d: %d items submitted in %.3f s (%.0f/s), last result after %.3f s (%.0f/s), "
+                    "peak RSS %.1f MB" % (i + 1, n, r["submit_s"], r["submit_per_s"], r["e2e_s"], r["e2e_per_s"],
+                                          r["rss_mb"]))
+        res["batch"] = {"items": n, "ndjson_bytes": runs[0]["bytes"],
+                        "submit_per_s": summary([r["submit_per_s"] for r in runs], 0),
+                        "e2e_per_s": summary([r["e2e_per_s"] for r in runs], 0),
+                        "rss_mb": summary([r["rss_mb"] for r in runs], 1)}
+        p50, p99 = [], []
+        for i in range(reps):
+                a50, a99 = bench_delivery(delivery_n)
+                p50.append(a50)
+                p99.append(a99)
+                log("delivery rep %d: p50 %.3f ms, p99 %.3f ms" % (i + 1, a50, a99))
+        res["delivery_ms"] = {"p50": summary(p50, 3), "p99": summary(p99, 3), "jobs": delivery_n,
+                              "resolution_ms": 1}
+        b = res["batch"]
+        res["targets_met"].update({
+                "batch_submit_per_s": b["submit_per_s"]["median"] >= TARGETS["batch_submit_per_s"],
+                "batch_rss_mb": b["rss_mb"]["max"] < TARGETS["batch_rss_mb"],
+                "delivery_p99_ms": res["delivery_ms"]["p99"]["median"] < TARGETS["delivery_p99_ms"],
+        })
+        return [
+                ("batch of %d noop: items/s to 202" % n, "%.0f" % b["submit_per_s"]["median"], ">= 200000"),
+                ("batch: submit to last result, /s", "%.0f" % b["e2e_per_s"]["median"], ""),
+                ("batch: daemon peak RSS (max)", "%.1f MB" % b["rss_mb"]["max"], "< 150 MB"),
+                ("stream delivery p50 (+-1 ms)", "%.3f ms" % res["delivery_ms"]["p50"]["median"], ""),
+                ("stream delivery p99 (+-1 ms)", "%.3f ms" % res["delivery_ms"]["p99"]["median"], "< 2 ms"),
+        ]
+
+
+def main():
+        ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+        ap.add_argument("--futured", required=True, help="the built futured binary")
+        ap.add_argument("--quick", action="store_true", help="1 rep, shorter runs (smoke test)")
+        ap.add_argument("--reps", type=int, default=None, help="repetitions of each measurement (3)")
+        ap.add_argument("--no-peers", action="store_true", help="skip the concurrent.futures baseline")
+        ap.add_argument("--only", choices=("core", "batch"), default=None,
+                        help="only the job measurements (core) or only the batch ones")
+        ap.add_argument("--batch-items", type=int, default=None,
+                        help="items in the big NDJSON batch (1,000,000; 100,000 with --quick)")
+        a = ap.parse_args()
+        os.environ["FUTURED_BIN"] = os.path.abspath(a.futured)
+        signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
+        reps = a.reps or (1 if a.quick else 3)
+
+        load, client = load_generator()
+        log("client: " + client)
+        res = {"bench": "futured", "quick": a.quick, "reps": reps, "meta": machine(), "client": client,
+               "targets_met": {}}
+        res["meta"]["futured"] = os.environ["FUTURED_BIN"]
+
+        rows = []
+        if a.only in (None, "core"):
+                rows += run_core(res, load, a, reps)
+                if not a.no_peers:
+                        peers = run_peers()
+                        if peers:
+                                res["peers"] = peer_ratios(res, peers)
+        if a.only in (None, "batch"):
+                rows += run_batch(res, a, reps)
+
+        m = res["meta"]
         print("futured bench: %d x %s, kernel %s, %d rep(s)%s" % (m["nproc"], m["model_name"], m["kernel"], reps,
                                                                   ", QUICK" if a.quick else ""))
         print("client: %s" % client)
-        print("%-34s %14s  %s" % ("measure", "median", "target"))
+        print("%-36s %14s  %s" % ("measure", "median", "target"))
         for name, value, target in rows:
-                print("%-34s %14s  %s" % (name, value, target))
+                print("%-36s %14s  %s" % (name, value, target))
         for k, v in sorted(res.get("peers", {}).items()):
-                print("peer %-29s %14s" % (k, v))
+                print("peer %-31s %14s" % (k, v))
         print(json.dumps(res, sort_keys=True))
         sys.stdout.flush()
 

@@ -8,6 +8,7 @@
  * chain backwards: stop accepting, answer the waiting, drain the pools,
  * close the store. */
 #include <errno.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -50,6 +51,16 @@ static int recovered_add(struct job *j, void *userdata)
         }
         rec->jobs[rec->n++] = j;
         return 0;
+}
+
+/* No endpoint creates batches in this version, so a database holding a
+ * sealed one was written by a newer futured: refuse it rather than leave its
+ * jobs unrun. */
+static int recovered_batch(int64_t batch, int priority, void *userdata)
+{
+        log_error("the store holds batch %" PRId64 " with pending jobs; this futured cannot run batches",
+                  batch);
+        return -EOPNOTSUPP;
 }
 
 /* The scheduler exists before the api, so its completion events go through
@@ -143,7 +154,12 @@ static int run(const struct config *c)
                 log_errno(LOG_ERR, r, "cannot open the store %s", c->db);
                 goto out;
         }
-        r = store_recover(store, recovered_add, &rec);
+        r = store_recover(store, &(struct store_recovery){
+                                         .retry_delay_ms = (int64_t)(c->retry_base * 1000),
+                                         .job = recovered_add,
+                                         .batch = recovered_batch,
+                                         .userdata = &rec,
+                                 });
         if (r < 0) {
                 log_errno(LOG_ERR, r, "recovery of %s failed", c->db);
                 goto out;
@@ -229,10 +245,13 @@ out:
         /* The pools' threads wait in sched_take() until the scheduler stops. */
         if (sched && !drained)
                 sched_drain(sched, 0);
-        iopool_stop(iopool);
-        procpool_stop(procpool);
+        /* HTTP handlers read the pools and the scheduler: the server goes
+         * first, while the writer still runs to answer suspended
+         * submissions. */
         __atomic_store_n(&the_api, NULL, __ATOMIC_RELEASE);
         api_stop(api);
+        iopool_stop(iopool);
+        procpool_stop(procpool);
         writer_stop(writer);
         sched_free(sched);
         store_close(store);

@@ -373,6 +373,45 @@ class Daemon:
                                 return jobs
 
 
+        # ---- batches and streams ----
+
+        def submit_batch(self, body, expect=202, client=None):
+                """POST /v1/batches with a JSON body; returns the batch."""
+                r = (client or self.client).request("POST", "/v1/batches", body=body)
+                if r.status != expect:
+                        raise AssertionError("POST /v1/batches: expected %d, got %r" % (expect, r))
+                return r.json
+
+        def submit_ndjson(self, chunks, query=""):
+                """POST /v1/batches as chunked NDJSON; chunks: an iterable of
+                bytes. Returns the Response."""
+                return post_chunked(self.port, "/v1/batches" + ("?" + query if query else ""), chunks)
+
+        def batch(self, bid, client=None):
+                r = (client or self.client).request("GET", "/v1/batches/%s" % bid)
+                if r.status != 200:
+                        raise AssertionError("GET /v1/batches/%s: expected 200, got %r" % (bid, r))
+                return r.json
+
+        def wait_batch(self, bid, timeout=10.0):
+                """Polls the batch until it is done; returns it."""
+                return poll_until(lambda: (lambda b: b if b["done"] else None)(self.batch(bid)),
+                                  timeout, "batch %s to be done" % bid)
+
+        def stream(self, bid, query="", sse=False, headers=None, timeout=30.0):
+                """Opens GET /v1/batches/{bid}/results?query; returns a Stream
+                whose head has been read."""
+                hdrs = dict(headers or {})
+                if sse:
+                        hdrs["Accept"] = "text/event-stream"
+                path = "/v1/batches/%s/results" % bid + ("?" + query if query else "")
+                return Stream(self.port, path, headers=hdrs, timeout=timeout)
+
+        def batch_jobs(self, bid):
+                """Every job of the batch (GET /v1/jobs?batch=), by index."""
+                return sorted(self.list_all("batch=%s" % bid, limit=1000), key=lambda j: j["index"])
+
+
 def _group_members(pgids, exe):
         found = []
         wanted = set(pgids)
@@ -389,6 +428,354 @@ def _group_members(pgids, exe):
                         continue
                 found.append(pid)
         return found
+
+
+
+# ---- streaming: chunked responses read as they arrive, NDJSON and SSE ----
+
+def raise_nofile(wanted):
+        """Raises this process's RLIMIT_NOFILE soft limit to wanted (capped
+        by the hard limit); returns the soft limit now in force. Children
+        started afterwards (the daemon) inherit it."""
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+                new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+                soft = new
+        return soft
+
+
+def post_chunked(port, path, chunks, content_type="application/x-ndjson", timeout=120.0):
+        """POSTs an iterable of bytes with Transfer-Encoding: chunked
+        (http.client encodes a generator body so); returns the Response.
+        An answer the server sends before it has read the whole body is
+        still read."""
+        conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+        try:
+                try:
+                        conn.request("POST", path, body=iter(chunks), headers={"Content-Type": content_type})
+                except (BrokenPipeError, ConnectionResetError):
+                        pass
+                r = conn.getresponse()
+                data = r.read()
+                return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+        finally:
+                conn.close()
+
+
+class ChunkedDecoder:
+        """Incremental decoder of a chunked body: feed() raw bytes, get the
+        decoded bytes back; .done once the last chunk and trailer are in.
+        Parses by offset, so a feed of many small chunks costs linear
+        time."""
+
+        def __init__(self):
+                self.raw = b""
+                self.left = 0           # data bytes left in the current chunk
+                self.state = "size"     # size, data, crlf, trailer
+                self.done = False
+
+        def feed(self, data):
+                raw = self.raw + data if self.raw else data
+                pos, n = 0, len(raw)
+                out = []
+                while not self.done:
+                        if self.state == "size":
+                                i = raw.find(b"\r\n", pos)
+                                if i < 0:
+                                        break
+                                line = raw[pos:i].split(b";", 1)[0].strip()
+                                pos = i + 2
+                                try:
+                                        self.left = int(line, 16)
+                                except ValueError:
+                                        raise AssertionError("bad chunk size line %r" % (line,))
+                                self.state = "data" if self.left else "trailer"
+                        elif self.state == "data":
+                                if pos >= n:
+                                        break
+                                take = min(self.left, n - pos)
+                                out.append(raw[pos:pos + take])
+                                pos += take
+                                self.left -= take
+                                if self.left == 0:
+                                        self.state = "crlf"
+                        elif self.state == "crlf":
+                                if n - pos < 2:
+                                        break
+                                if raw[pos:pos + 2] != b"\r\n":
+                                        raise AssertionError("chunk not followed by CRLF: %r" % (raw[pos:pos + 20],))
+                                pos += 2
+                                self.state = "size"
+                        else:
+                                i = raw.find(b"\r\n", pos)
+                                if i < 0:
+                                        break
+                                line, pos = raw[pos:i], i + 2
+                                if not line:
+                                        self.done = True
+                self.raw = raw[pos:]
+                return b"".join(out)
+
+
+class ResponseReader:
+        """Parses one HTTP response fed in pieces: the head, then the body
+        (chunked, Content-Length or until close) split into lines, each
+        stamped with the time (monotonic, wall) of the recv that completed
+        it."""
+
+        def __init__(self):
+                self.head = b""
+                self.status = None
+                self.headers = {}
+                self.decoder = None
+                self.length = None
+                self.partial = b""
+                self.lines = []         # [(line without its newline, mono, wall)]
+                self.body_bytes = 0
+                self.ended = False
+
+        def _body(self, data, mono, wall):
+                if self.decoder is not None:
+                        data = self.decoder.feed(data)
+                        if self.decoder.done:
+                                self.ended = True
+                elif self.length is not None:
+                        data = data[:self.length - self.body_bytes]
+                        if self.body_bytes + len(data) >= self.length:
+                                self.ended = True
+                self.body_bytes += len(data)
+                if not data:
+                        return
+                self.partial += data
+                if b"\n" in data:
+                        parts = self.partial.split(b"\n")
+                        self.partial = parts.pop()
+                        self.lines.extend((p, mono, wall) for p in parts)
+
+        def feed(self, data, mono, wall):
+                if self.status is None:
+                        self.head += data
+                        i = self.head.find(b"\r\n\r\n")
+                        if i < 0:
+                                if len(self.head) > 65536:
+                                        raise AssertionError("response head too long")
+                                return
+                        head, rest = self.head[:i], self.head[i + 4:]
+                        lines = head.decode("latin-1").split("\r\n")
+                        self.status = int(lines[0].split()[1])
+                        for line in lines[1:]:
+                                name, _, value = line.partition(":")
+                                self.headers[name.strip().lower()] = value.strip()
+                        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+                                self.decoder = ChunkedDecoder()
+                        elif "content-length" in self.headers:
+                                self.length = int(self.headers["content-length"])
+                                if self.length == 0:
+                                        self.ended = True
+                        data = rest
+                        if not data:
+                                return
+                self._body(data, mono, wall)
+
+        def body(self):
+                """The body received so far."""
+                return b"".join(l[0] + b"\n" for l in self.lines) + self.partial
+
+        def eof(self):
+                """The peer closed: a close-delimited body ends here."""
+                if self.status is not None and self.decoder is None and self.length is None:
+                        self.ended = True
+                if self.partial and self.ended:
+                        now = time.monotonic(), time.time()
+                        self.lines.append((self.partial, now[0], now[1]))
+                        self.partial = b""
+
+
+class SSEParser:
+        """Server-Sent Events, one line at a time: feed() returns a dict
+        {"id", "event", "data", "mono", "wall"} when a blank line ends an
+        event (data lines joined by newlines), None otherwise. Comments
+        (lines starting with ':') and unknown fields are ignored, as the
+        SSE specification says."""
+
+        def __init__(self):
+                self._reset()
+
+        def _reset(self):
+                self.ev = {"id": None, "event": None, "data": None}
+                self.seen = False
+
+        def feed(self, line, mono=0.0, wall=0.0):
+                text = line.decode("utf-8")
+                if text.endswith("\r"):
+                        text = text[:-1]
+                if text == "":
+                        if not self.seen:
+                                return None
+                        ev = self.ev
+                        ev["mono"], ev["wall"] = mono, wall
+                        self._reset()
+                        return ev
+                if text.startswith(":"):
+                        return None
+                name, _, value = text.partition(":")
+                if value.startswith(" "):
+                        value = value[1:]
+                self.seen = True
+                if name == "data":
+                        self.ev["data"] = value if self.ev["data"] is None else self.ev["data"] + "\n" + value
+                elif name in ("id", "event"):
+                        self.ev[name] = value
+                return None
+
+
+def sse_events(lines):
+        """Every complete event in lines [(bytes, mono, wall)]."""
+        parser = SSEParser()
+        out = []
+        for line in lines:
+                ev = parser.feed(*line)
+                if ev is not None:
+                        out.append(ev)
+        return out
+
+
+class Stream:
+        """GET of a streamed response on its own socket, read as it arrives:
+        read_line() for NDJSON, read_event() for Server-Sent Events."""
+
+        def __init__(self, port, path, headers=None, timeout=30.0):
+                self.timeout = timeout
+                self.sock = socket.create_connection((HOST, port), timeout=timeout)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                req = "GET %s HTTP/1.1\r\nHost: %s:%d\r\n" % (path, HOST, port)
+                for k, v in (headers or {}).items():
+                        req += "%s: %s\r\n" % (k, v)
+                self.sock.sendall((req + "\r\n").encode("latin-1"))
+                self.reader = ResponseReader()
+                self.closed_by_peer = False
+                self.pos = 0            # lines already handed out
+                deadline = time.monotonic() + timeout
+                while self.reader.status is None:
+                        if not self._recv(deadline):
+                                raise AssertionError("connection closed before the response head of GET %s" % path)
+                self.status = self.reader.status
+                self.headers = self.reader.headers
+                self.body = None
+                if self.status != 200:
+                        while not self.reader.ended and self._recv(deadline):
+                                pass
+                        self.body = self.reader.body()
+                        self.close()
+
+        def header(self, name):
+                return self.headers.get(name.lower())
+
+        @property
+        def json(self):
+                return json.loads(self.body)
+
+        def __repr__(self):
+                return "<stream %d %r>" % (self.status, (self.body or b"")[:300])
+
+        def close(self):
+                if self.sock is not None:
+                        self.sock.close()
+                        self.sock = None
+
+        def _recv(self, deadline):
+                """One recv into the reader; False at EOF. Raises
+                socket.timeout past the deadline."""
+                left = deadline - time.monotonic()
+                if left <= 0:
+                        raise socket.timeout("stream read deadline")
+                self.sock.settimeout(left)
+                data = self.sock.recv(262144)
+                mono, wall = time.monotonic(), time.time()
+                if not data:
+                        self.closed_by_peer = True
+                        self.reader.eof()
+                        return False
+                self.reader.feed(data, mono, wall)
+                return True
+
+        @property
+        def ended(self):
+                """The body is complete (last chunk seen) and every line read."""
+                return self.reader.ended and self.pos >= len(self.reader.lines)
+
+        def read_line(self, timeout=None):
+                """The next body line as (bytes, monotonic, wall) or None when
+                the body ended. Fails past timeout."""
+                limit = self.timeout if timeout is None else timeout
+                deadline = time.monotonic() + limit
+                while self.pos >= len(self.reader.lines):
+                        if self.reader.ended:
+                                self.close()
+                                return None
+                        if self.sock is None:
+                                raise AssertionError("stream already closed")
+                        try:
+                                if not self._recv(deadline):
+                                        if not self.reader.ended:
+                                                raise AssertionError("connection closed before the end of the "
+                                                                     "chunked body")
+                        except socket.timeout:
+                                raise AssertionError("no stream line within %.1f s" % limit)
+                line = self.reader.lines[self.pos]
+                self.pos += 1
+                return line
+
+        def read_json(self, timeout=None):
+                """The next NDJSON object (blank lines skipped) as (obj,
+                monotonic, wall), or None when the body ended."""
+                while True:
+                        line = self.read_line(timeout)
+                        if line is None:
+                                return None
+                        text = line[0].strip()
+                        if not text:
+                                continue
+                        try:
+                                return json.loads(text), line[1], line[2]
+                        except ValueError as e:
+                                raise AssertionError("stream line is not JSON (%s): %r" % (e, text[:300]))
+
+        def read_all_json(self, timeout=30.0):
+                """Every remaining NDJSON object until the body ends."""
+                deadline = time.monotonic() + timeout
+                out = []
+                while True:
+                        x = self.read_json(max(0.001, deadline - time.monotonic()))
+                        if x is None:
+                                return out
+                        out.append(x)
+
+        def read_event(self, timeout=None):
+                """The next SSE event (see SSEParser) or None when the body
+                ended."""
+                deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+                parser = SSEParser()
+                while True:
+                        line = self.read_line(max(0.001, deadline - time.monotonic()))
+                        if line is None:
+                                if parser.seen:
+                                        raise AssertionError("SSE stream ended inside an event: %r" % (parser.ev,))
+                                return None
+                        ev = parser.feed(*line)
+                        if ev is not None:
+                                return ev
+
+        def read_all_events(self, timeout=30.0):
+                deadline = time.monotonic() + timeout
+                out = []
+                while True:
+                        ev = self.read_event(max(0.001, deadline - time.monotonic()))
+                        if ev is None:
+                                return out
+                        out.append(ev)
 
 
 def proc_alive(pid):
@@ -497,7 +884,9 @@ def main():
         t0 = time.monotonic()
         prog = unittest.main(exit=False, verbosity=2)
         res = prog.result
-        failed = len(res.failures) + len(res.errors) + len(res.unexpectedSuccesses)
+        # A test with failing subtests counts once.
+        failed = len({getattr(t, "test_case", t).id() for t, _ in res.failures + res.errors})
+        failed += len(res.unexpectedSuccesses)
         passed = res.testsRun - failed - len(res.skipped)
         if failed:
                 for d in list(_daemons):

@@ -55,9 +55,6 @@ static const struct cfg_key cfg_keys[] = {
         KEY("jobs", retry_max, CFG_SECONDS, 0.001, 86400, "longest retry backoff in seconds"),
         KEY("jobs", shutdown_grace, CFG_SECONDS, 0, 3600,
             "seconds running jobs get to finish at shutdown"),
-        KEY("jobs", retention, CFG_SECONDS, 1, 3153600000.0,
-            "seconds finished jobs and batches are kept before they are purged"),
-        KEY("jobs", max_batch_items, CFG_SIZE, 1, 1e9, "items in one batch at most"),
         KEY("log", log_level, CFG_LOG_LEVEL, 0, 0, "error, warning, notice, info or debug"),
 };
 
@@ -93,8 +90,6 @@ void config_defaults(struct config *ret)
                 .retry_base = 1,
                 .retry_max = 300,
                 .shutdown_grace = 10,
-                .retention = 7 * 24 * 3600,
-                .max_batch_items = 10000000,
                 .log_level = LOG_INFO,
         };
 }

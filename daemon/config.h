@@ -25,8 +25,6 @@ struct config {
         double retry_base;
         double retry_max;
         double shutdown_grace;
-        double retention;
-        size_t max_batch_items;
         int log_level;
 };
 

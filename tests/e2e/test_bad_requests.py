@@ -293,44 +293,6 @@ class TestBadRequests(DaemonTestCase):
                 self.assertEqual(r.status, 200, r)
 
 
-class TestBodyBudget(DaemonTestCase):
-        # max_body 4096: bodies in flight may hold 64 x 4096 bytes in all.
-        DAEMON_ARGS = {"io_threads": 1, "cpu_workers": 1, "args": ("--max-body", "4096")}
-
-        def probe(self):
-                """A body past the inline buffer: 400 while the budget has
-                room, 503 once it has none."""
-                c = self.daemon.new_client()
-                try:
-                        return c.request("POST", "/v1/jobs", raw=b" " * 3000 + b"x")
-                finally:
-                        c.close()
-
-        def test_503_past_the_budget(self):
-                d = self.daemon
-                before = d.job_counts()
-                self.assertError(self.probe(), 400, "invalid_json", "budget untouched")
-                head = (b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: 4096\r\n\r\n")
-                holders = []
-                try:
-                        # Each holds 3000 of its 4096 bytes: 4096 buffered.
-                        for _ in range(64):
-                                s = socket.create_connection((HOST, d.port), timeout=10)
-                                holders.append(s)
-                                s.sendall(head + b" " * 3000)
-                        r = harness.poll_until(lambda: (lambda r: r if r.status == 503 else None)(self.probe()),
-                                               10, "a 503 once 64 bodies hold the budget")
-                        self.assertError(r, 503, "server_busy", "body past the budget")
-                        self.assertEqual(r.header("retry-after"), "1")
-                        self.assertEqual(d.request("GET", "/healthz").status, 200, "a request without a body")
-                finally:
-                        for s in holders:
-                                s.close()
-                harness.poll_until(lambda: self.probe().status == 400, 10, "the budget back once the bodies went")
-                self.assertEqual(d.job_counts(), before)
-
-
 class TestConcurrentCancel(DaemonTestCase):
         DAEMON_ARGS = {"io_threads": 2, "cpu_workers": 2}
 

@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -435,22 +436,6 @@ int store_recover(struct store *s, const struct store_recovery *rec)
         return recover_batches(s->db, rec);
 }
 
-void store_reader_close(struct store_reader *rd)
-{
-        if (!rd)
-                return;
-        sqlite3_finalize(rd->get);
-        sqlite3_finalize(rd->count);
-        for (int i = 0; i < LIST__COMBINATIONS; i++)
-                sqlite3_finalize(rd->list[i]);
-        sqlite3_finalize(rd->batch);
-        sqlite3_finalize(rd->results[STORE_ORDER_COMPLETION]);
-        sqlite3_finalize(rd->results[STORE_ORDER_SUBMISSION]);
-        sqlite3_finalize(rd->pending);
-        sqlite3_close(rd->db);
-        free(rd);
-}
-
 static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **ret)
 {
         int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, ret, NULL);
@@ -467,6 +452,37 @@ static const char count_sql[] =
         "  SELECT state, -count(*) FROM jobs"
         "  WHERE batch IN (SELECT id FROM batches WHERE sealed = 0) GROUP BY state"
         ") GROUP BY state";
+
+/* The reader's fixed statements, prepared once per reader: where each
+ * lives in struct store_reader, and its SQL. The list statements, one per
+ * combination of filters, are made by prepare_list(). */
+static const struct {
+        size_t offset;
+        const char *sql;
+} reader_sql[] = {
+        { offsetof(struct store_reader, get),
+          "SELECT " JOB_COLUMNS " FROM jobs WHERE id = ?1 AND " VISIBLE },
+        { offsetof(struct store_reader, count), count_sql },
+        { offsetof(struct store_reader, batch), BATCH_SELECT },
+        /* No check that the batch is sealed: an unsealed batch has no
+         * finished job, and its first job stops the submission walk. */
+        { offsetof(struct store_reader, results[STORE_ORDER_COMPLETION]),
+          "SELECT " JOB_COLUMNS " FROM jobs WHERE batch = ?1 AND seq > ?2 "
+          "ORDER BY seq LIMIT ?3" },
+        { offsetof(struct store_reader, results[STORE_ORDER_SUBMISSION]),
+          "SELECT " JOB_COLUMNS " FROM jobs WHERE batch = ?1 AND id > ?2 "
+          "ORDER BY id LIMIT ?3" },
+        { offsetof(struct store_reader, pending),
+          "SELECT " JOB_COLUMNS " FROM jobs "
+          "WHERE batch = ?1 AND state = 'pending' AND id > ?2 "
+          "  AND EXISTS (SELECT 1 FROM batches WHERE id = ?1 AND sealed = 1) "
+          "ORDER BY id LIMIT ?3" },
+};
+
+static sqlite3_stmt **reader_stmt(struct store_reader *rd, size_t i)
+{
+        return (sqlite3_stmt **)((char *)rd + reader_sql[i].offset);
+}
 
 /* ?1 the cursor (ids below it), ?2 state, ?3 task, ?4 batch, ?5 limit. */
 static int prepare_list(sqlite3 *db, int filters, sqlite3_stmt **ret)
@@ -496,48 +512,34 @@ int store_reader_open(struct store *s, struct store_reader **ret)
         r = store_exec(rd->db, "PRAGMA query_only = ON");
         if (r < 0)
                 goto fail;
-        r = prepare(rd->db, "SELECT " JOB_COLUMNS " FROM jobs WHERE id = ?1 AND " VISIBLE, &rd->get);
-        if (r < 0)
-                goto fail;
-        r = prepare(rd->db, count_sql, &rd->count);
-        if (r < 0)
-                goto fail;
+        for (size_t i = 0; i < sizeof(reader_sql) / sizeof(reader_sql[0]); i++) {
+                r = prepare(rd->db, reader_sql[i].sql, reader_stmt(rd, i));
+                if (r < 0)
+                        goto fail;
+        }
         for (int i = 0; i < LIST__COMBINATIONS; i++) {
                 r = prepare_list(rd->db, i, &rd->list[i]);
                 if (r < 0)
                         goto fail;
         }
-        r = prepare(rd->db, BATCH_SELECT, &rd->batch);
-        if (r < 0)
-                goto fail;
-        /* No check that the batch is sealed: an unsealed batch has no
-         * finished job, and its first job stops the submission walk. */
-        r = prepare(rd->db,
-                    "SELECT " JOB_COLUMNS " FROM jobs WHERE batch = ?1 AND seq > ?2 "
-                    "ORDER BY seq LIMIT ?3",
-                    &rd->results[STORE_ORDER_COMPLETION]);
-        if (r < 0)
-                goto fail;
-        r = prepare(rd->db,
-                    "SELECT " JOB_COLUMNS " FROM jobs WHERE batch = ?1 AND id > ?2 "
-                    "ORDER BY id LIMIT ?3",
-                    &rd->results[STORE_ORDER_SUBMISSION]);
-        if (r < 0)
-                goto fail;
-        r = prepare(rd->db,
-                    "SELECT " JOB_COLUMNS " FROM jobs "
-                    "WHERE batch = ?1 AND state = 'pending' AND id > ?2 "
-                    "  AND EXISTS (SELECT 1 FROM batches WHERE id = ?1 AND sealed = 1) "
-                    "ORDER BY id LIMIT ?3",
-                    &rd->pending);
-        if (r < 0)
-                goto fail;
         *ret = rd;
         return 0;
 
 fail:
         store_reader_close(rd);
         return r;
+}
+
+void store_reader_close(struct store_reader *rd)
+{
+        if (!rd)
+                return;
+        for (size_t i = 0; i < sizeof(reader_sql) / sizeof(reader_sql[0]); i++)
+                sqlite3_finalize(*reader_stmt(rd, i));
+        for (int i = 0; i < LIST__COMBINATIONS; i++)
+                sqlite3_finalize(rd->list[i]);
+        sqlite3_close(rd->db);
+        free(rd);
 }
 
 int store_get_job(struct store_reader *rd, int64_t id, struct job **ret)

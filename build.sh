@@ -3,12 +3,13 @@
 #   ./build.sh start   install what is needed, build, run futured on its defaults
 #   ./build.sh check   install what is needed, build, pass the whole test suite:
 #                      make check, again under ASan+UBSan, then make distcheck
+#                      and the Debian package (make deb)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 DEPS=(build-essential autoconf automake pkg-config python3 curl
       libmicrohttpd-dev libjansson-dev libsqlite3-dev libsystemd-dev
-      libcurl4-openssl-dev libinih-dev libcmocka-dev)
+      libcurl4-openssl-dev libinih-dev libcmocka-dev debhelper dpkg-dev)
 JOBS=$(nproc)
 
 install_deps() {
@@ -65,6 +66,9 @@ check)
                 check_in build-asan
         echo "== make distcheck"
         (cd build && make -s distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >/dev/null)
+        echo "== make deb"
+        (cd build && make -s deb >deb.log 2>&1 || { tail -40 deb.log >&2; exit 1; }
+         dpkg-deb -c futured_*_amd64.deb | grep 'usr/sbin/futured$' >/dev/null)
         summary $(find build build-asan -name '*.trs' -not -path '*/_build/*')
         ;;
 *)

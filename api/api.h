@@ -28,6 +28,12 @@ struct api {
         unsigned suspended;             /* connections suspended right now */
 };
 
+/* A connection suspended by other means than request_suspend() (a stream
+ * in its content reader) counts in suspended too, so api_stop() waits for
+ * it: add at each suspend, sub when it runs again or ends. */
+void api_suspended_add(struct api *a);
+void api_suspended_sub(struct api *a);
+
 /* The calling MHD thread's read-only store handle, opened on first use and
  * closed when the thread ends. */
 int api_reader(struct api *a, struct store_reader **ret);

@@ -1,9 +1,10 @@
-/* Waiters on job ends. Two indexes over the same intrusive waiters, both
- * under one lock: a hash of chains by job id, so a finished job finds its
- * waiters without a scan, and a binary min-heap by deadline, so one thread
- * sleeps exactly until the earliest deadline (no polling: with no waiter it
- * sleeps until signalled). A waiter is in both or in neither; `fired` is set
- * once, under the lock, when it leaves them, and only then is fire() called,
+/* Waiters on job ends. Three indexes over the same intrusive waiters, all
+ * under one lock: two hashes of chains, by job id and by batch, so an end
+ * finds its waiters without a scan, and a binary min-heap by deadline, so
+ * one thread sleeps exactly until the earliest deadline (no polling: with no
+ * waiter it sleeps until signalled). A registered waiter is in the heap and
+ * in each hash whose key (id, batch) it has non-zero; `fired` is set once,
+ * under the lock, when it leaves them, and only then is fire() called,
  * outside the lock, so fire() may take other locks (MHD's). */
 #include "api/hub.h"
 
@@ -15,12 +16,16 @@
 #define HUB_MIN_BUCKETS 256
 #define HUB_MIN_HEAP 64
 
+struct hub_index {
+        struct hub_waiter **buckets;
+        size_t n;                       /* a power of two */
+};
+
 struct hub {
         pthread_mutex_t lock;
         pthread_cond_t wake;            /* the earliest deadline changed, or quit */
         pthread_t thread;
-        struct hub_waiter **buckets;
-        size_t nbuckets;                /* a power of two */
+        struct hub_index index[HUB__INDEXES];
         size_t count;                   /* registered waiters */
         struct hub_waiter **heap;
         size_t heap_cap;
@@ -36,42 +41,57 @@ static double now_monotonic(void)
         return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
 }
 
-static size_t bucket_of(size_t nbuckets, int64_t id)
+static int64_t key_of(const struct hub_waiter *w, int i)
 {
-        /* Fibonacci hashing spreads sequential ids over the table. */
-        return (size_t) (((uint64_t) id * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & (nbuckets - 1);
+        return i == HUB_BY_ID ? w->id : w->batch;
 }
 
-static void bucket_link(struct hub_waiter **buckets, size_t nbuckets, struct hub_waiter *w)
+static size_t bucket_of(size_t nbuckets, int64_t key)
 {
-        struct hub_waiter **head = &buckets[bucket_of(nbuckets, w->id)];
+        /* Fibonacci hashing spreads sequential ids over the table. */
+        return (size_t) (((uint64_t) key * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & (nbuckets - 1);
+}
 
-        w->prev = NULL;
-        w->next = *head;
+static void bucket_link(struct hub_waiter **buckets, size_t nbuckets, struct hub_waiter *w, int i)
+{
+        struct hub_waiter **head = &buckets[bucket_of(nbuckets, key_of(w, i))];
+
+        w->prev[i] = NULL;
+        w->next[i] = *head;
         if (*head)
-                (*head)->prev = w;
+                (*head)->prev[i] = w;
         *head = w;
 }
 
-/* A table that cannot grow only makes chains longer, so failure is ignored. */
-static void buckets_grow(struct hub *h)
+static void bucket_unlink(struct hub_index *x, struct hub_waiter *w, int i)
 {
-        size_t n = h->nbuckets * 2;
+        if (w->prev[i])
+                w->prev[i]->next[i] = w->next[i];
+        else
+                x->buckets[bucket_of(x->n, key_of(w, i))] = w->next[i];
+        if (w->next[i])
+                w->next[i]->prev[i] = w->prev[i];
+}
+
+/* A table that cannot grow only makes chains longer, so failure is ignored. */
+static void index_grow(struct hub_index *x, int i)
+{
+        size_t n = x->n * 2;
         struct hub_waiter **b = calloc(n, sizeof(*b));
 
         if (!b)
                 return;
-        for (size_t i = 0; i < h->nbuckets; i++) {
+        for (size_t k = 0; k < x->n; k++) {
                 struct hub_waiter *w, *next;
 
-                for (w = h->buckets[i]; w; w = next) {
-                        next = w->next;
-                        bucket_link(b, n, w);
+                for (w = x->buckets[k]; w; w = next) {
+                        next = w->next[i];
+                        bucket_link(b, n, w, i);
                 }
         }
-        free(h->buckets);
-        h->buckets = b;
-        h->nbuckets = n;
+        free(x->buckets);
+        x->buckets = b;
+        x->n = n;
 }
 
 static void heap_set(struct hub *h, size_t pos, struct hub_waiter *w)
@@ -114,18 +134,15 @@ static void heap_down(struct hub *h, size_t pos)
         heap_set(h, pos, w);
 }
 
-/* Takes w out of both indexes; the heap holds exactly count waiters. */
+/* Takes w out of every index; the heap holds exactly count waiters. */
 static void unlink_waiter(struct hub *h, struct hub_waiter *w)
 {
         size_t pos = w->heap_pos;
         struct hub_waiter *last;
 
-        if (w->prev)
-                w->prev->next = w->next;
-        else
-                h->buckets[bucket_of(h->nbuckets, w->id)] = w->next;
-        if (w->next)
-                w->next->prev = w->prev;
+        for (int i = 0; i < HUB__INDEXES; i++)
+                if (key_of(w, i) != 0)
+                        bucket_unlink(&h->index[i], w, i);
 
         last = h->heap[--h->count];
         if (last != w) {
@@ -197,11 +214,17 @@ int hub_new(struct hub **ret)
         h = calloc(1, sizeof(*h));
         if (!h)
                 return -ENOMEM;
-        h->nbuckets = HUB_MIN_BUCKETS;
-        h->buckets = calloc(h->nbuckets, sizeof(*h->buckets));
+        for (int i = 0; i < HUB__INDEXES; i++) {
+                h->index[i].n = HUB_MIN_BUCKETS;
+                h->index[i].buckets = calloc(HUB_MIN_BUCKETS, sizeof(*h->index[i].buckets));
+                if (!h->index[i].buckets) {
+                        r = -ENOMEM;
+                        goto fail_mem;
+                }
+        }
         h->heap_cap = HUB_MIN_HEAP;
         h->heap = calloc(h->heap_cap, sizeof(*h->heap));
-        if (!h->buckets || !h->heap) {
+        if (!h->heap) {
                 r = -ENOMEM;
                 goto fail_mem;
         }
@@ -229,7 +252,8 @@ fail_lock:
         pthread_mutex_destroy(&h->lock);
 fail_mem:
         free(h->heap);
-        free(h->buckets);
+        for (int i = 0; i < HUB__INDEXES; i++)
+                free(h->index[i].buckets);
         free(h);
         return r;
 }
@@ -246,7 +270,8 @@ void hub_free(struct hub *h)
         pthread_cond_destroy(&h->wake);
         pthread_mutex_destroy(&h->lock);
         free(h->heap);
-        free(h->buckets);
+        for (int i = 0; i < HUB__INDEXES; i++)
+                free(h->index[i].buckets);
         free(h);
 }
 
@@ -274,14 +299,20 @@ int hub_add(struct hub *h, struct hub_waiter *w, double seconds)
                 h->heap_cap *= 2;
         }
         w->deadline = now_monotonic() + seconds;
-        bucket_link(h->buckets, h->nbuckets, w);
+        for (int i = 0; i < HUB__INDEXES; i++) {
+                struct hub_index *x = &h->index[i];
+
+                if (key_of(w, i) == 0)
+                        continue;
+                bucket_link(x->buckets, x->n, w, i);
+                if (h->count > 2 * x->n)
+                        index_grow(x, i);
+        }
         heap_set(h, h->count++, w);
         heap_up(h, w->heap_pos);
         w->registered = true;
         if (w->heap_pos == 0)
                 pthread_cond_signal(&h->wake);
-        if (h->count > 2 * h->nbuckets)
-                buckets_grow(h);
         pthread_mutex_unlock(&h->lock);
         return 0;
 }
@@ -297,26 +328,49 @@ void hub_fire(struct hub *h, struct hub_waiter *w)
         fire_list(list);
 }
 
-void hub_fire_id(struct hub *h, int64_t id)
+/* Takes the waiters of index i with that key; with only_streams, only
+ * those waiting on any job of the batch (id 0). */
+static void take_key(struct hub *h, int i, int64_t key, bool only_streams,
+                     struct hub_waiter **list)
 {
-        struct hub_waiter *list = NULL, *w, *next;
+        struct hub_index *x = &h->index[i];
+        struct hub_waiter *w, *next;
+
+        for (w = x->buckets[bucket_of(x->n, key)]; w; w = next) {
+                next = w->next[i];
+                if (key_of(w, i) == key && (!only_streams || w->id == 0))
+                        take(h, w, list);
+        }
+}
+
+void hub_fire_job(struct hub *h, int64_t id, int64_t batch)
+{
+        struct hub_waiter *list = NULL;
 
         pthread_mutex_lock(&h->lock);
-        for (w = h->buckets[bucket_of(h->nbuckets, id)]; w; w = next) {
-                next = w->next;
-                if (w->id == id)
-                        take(h, w, &list);
-        }
+        if (id != 0)
+                take_key(h, HUB_BY_ID, id, false, &list);
+        if (batch != 0)
+                take_key(h, HUB_BY_BATCH, batch, id != 0, &list);
         pthread_mutex_unlock(&h->lock);
         fire_list(list);
 }
 
-void hub_remove(struct hub *h, struct hub_waiter *w)
+bool hub_remove(struct hub *h, struct hub_waiter *w)
 {
+        bool was;
+
         pthread_mutex_lock(&h->lock);
-        if (w->registered)
+        was = w->registered;
+        if (was)
                 unlink_waiter(h, w);
         pthread_mutex_unlock(&h->lock);
+        return was;
+}
+
+double hub_left(const struct hub_waiter *w)
+{
+        return w->deadline - now_monotonic();
 }
 
 void hub_stop(struct hub *h)

@@ -5,7 +5,9 @@
  * a cancel for its job's end through a hub waiter. The thread that resumes
  * only records what happened; the handler, run again by MHD, answers. A
  * waiter is registered before the job is read again, so an end that lands
- * between the first read and the registration is not missed. */
+ * between the first read and the registration is not missed. A waiter
+ * carries its job's batch: a batch cancel wakes every waiter of the batch
+ * at once, and one whose job still runs waits again for what time is left. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@
 
 #include "api/api.h"
 #include "api/hub.h"
+#include "api/query.h"
 #include "api/reply.h"
 #include "api/request.h"
 #include "api/routes.h"
@@ -78,6 +81,22 @@ static void recheck(struct request *req)
         }
         if (finished)
                 hub_fire(req->api->hub, &req->waiter);
+}
+
+/* Waits up to seconds for the job of the path to end. */
+static void watch(struct request *req, double seconds)
+{
+        request_watch(req, seconds);
+        if (!req->error)
+                recheck(req);
+}
+
+/* After a wake: whether to wait on for the rest of the time (j has not
+ * finished: the wake was its batch's cancel reaching other jobs). */
+static bool wait_more(struct request *req, const struct job *j)
+{
+        return !job_state_finished(j->state) && !atomic_load(&req->api->stopping) &&
+               hub_left(&req->waiter) > 0;
 }
 
 /* ---- POST /v1/jobs ---- */
@@ -157,43 +176,18 @@ enum MHD_Result jobs_submit(struct request *req)
 
 /* ---- GET /v1/jobs/{id}[?wait=S] ---- */
 
-/* A plain decimal number of seconds, "5" or "0.25", at most max: strtod()
- * alone would also take " 5", "0x10", "1e3" and "inf". */
-static int parse_seconds(const char *s, double max, double *ret)
-{
-        const char *p = s + strspn(s, "0123456789");
-        size_t frac;
-        double v;
-
-        if (p == s)
-                return -EINVAL;
-        if (*p == '.') {
-                frac = strspn(p + 1, "0123456789");
-                if (frac == 0)
-                        return -EINVAL;
-                p += 1 + frac;
-        }
-        if (*p != '\0')
-                return -EINVAL;
-        /* Overflow gives HUGE_VAL, past any max. */
-        v = strtod(s, NULL);
-        if (v > max)
-                return -EINVAL;
-        *ret = v;
-        return 0;
-}
-
 enum MHD_Result jobs_get(struct request *req)
 {
         const char *arg = request_arg(req, "wait");
+        enum MHD_Result ret;
         double wait = 0;
-        bool finished;
         struct job *j;
+        bool more;
         int r;
 
-        if (req->resumed)
-                return req->error ? out_of_memory(req) : answer_job(req, MHD_HTTP_OK);
-        if (arg && parse_seconds(arg, req->api->o.max_wait, &wait) < 0)
+        if (req->resumed && req->error)
+                return out_of_memory(req);
+        if (!req->resumed && arg && query_parse_seconds(arg, req->api->o.max_wait, &wait) < 0)
                 return reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_request",
                                    "\"wait\" must be a plain decimal number of seconds "
                                    "from 0 to %g", req->api->o.max_wait);
@@ -202,18 +196,20 @@ enum MHD_Result jobs_get(struct request *req)
                 return no_such_job(req);
         if (r < 0)
                 return reply_store_error(req, r);
-        finished = job_state_finished(j->state);
-        if (finished || wait == 0) {
-                enum MHD_Result ret = reply_job_answer(req, MHD_HTTP_OK, j);
-
+        if (req->resumed) {
+                more = wait_more(req, j);
+                wait = hub_left(&req->waiter);
+        } else
+                more = !job_state_finished(j->state) && wait > 0;
+        if (more) {
+                req->waiter.batch = j->batch;
                 job_free(j);
-                return ret;
+                watch(req, wait);
+                return MHD_YES;
         }
+        ret = reply_job_answer(req, MHD_HTTP_OK, j);
         job_free(j);
-        request_watch(req, wait);
-        if (!req->error)
-                recheck(req);
-        return MHD_YES;
+        return ret;
 }
 
 /* ---- POST /v1/jobs/{id}/cancel ---- */
@@ -231,6 +227,12 @@ static enum MHD_Result cancel_answer(struct request *req)
                 return no_such_job(req);
         if (r < 0)
                 return reply_store_error(req, r);
+        /* -EALREADY answers at once, without waiting for the end. */
+        if (req->cancel_result != -EALREADY && wait_more(req, j)) {
+                job_free(j);
+                watch(req, hub_left(&req->waiter));
+                return MHD_YES;
+        }
         /* Only the request that stopped the job gets 200; a job that had
          * already ended (even cancelled) is a 409, also when another
          * request had told it to stop (-EALREADY). */
@@ -250,8 +252,19 @@ static enum MHD_Result cancel_answer(struct request *req)
 
 enum MHD_Result jobs_cancel(struct request *req)
 {
+        int64_t batch;
+        struct job *j;
+        int r;
+
         if (req->resumed)
                 return cancel_answer(req);
+        r = read_job(req, &j);
+        if (r == -ENOENT)
+                return no_such_job(req);
+        if (r < 0)
+                return reply_store_error(req, r);
+        batch = req->waiter.batch = j->batch;
+        job_free(j);
         request_watch(req, CANCEL_WAIT);
         if (req->error)
                 return MHD_YES;
@@ -259,7 +272,7 @@ enum MHD_Result jobs_cancel(struct request *req)
          * -ENOENT: finished, finishing (its end will fire it) or unknown;
          * -EALREADY: another cancel stopped it and gets the 200, so this
          * one answers now, without waiting for the end. */
-        req->cancel_result = sched_cancel(req->api->d.sched, req->id);
+        req->cancel_result = sched_cancel(req->api->d.sched, req->id, batch);
         if (req->cancel_result == -ENOENT)
                 recheck(req);
         else if (req->cancel_result == -EALREADY)
@@ -313,16 +326,13 @@ static int int_arg(struct request *req, const char *name, int64_t min, int64_t m
                    int64_t *ret)
 {
         const char *s = request_arg(req, name);
-        long long v;
-        char *end;
+        int64_t v;
 
         if (!s) {
                 *ret = def;
                 return 0;
         }
-        errno = 0;
-        v = strtoll(s, &end, 10);
-        if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
+        if (query_parse_int(s, max, &v) < 0 || v < min)
                 return -EINVAL;
         *ret = v;
         return 0;

@@ -6,4 +6,6 @@ libfutured_a_SOURCES += \
 	api/strbuf.c api/strbuf.h \
 	api/spec.c api/spec.h \
 	api/hub.c api/hub.h \
-	api/jobs.c api/misc.c
+	api/query.c api/query.h \
+	api/stream.c api/wait.c \
+	api/jobs.c api/batches.c api/misc.c

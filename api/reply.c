@@ -106,6 +106,20 @@ void reply_job(struct strbuf *b, const struct job *j)
         reply_job_close(b, j->created_at, j->started_at, j->finished_at);
 }
 
+void reply_batch(struct strbuf *b, const struct batch *bt)
+{
+        strbuf_printf(b, "{\"id\":\"%lld\",\"size\":%lld,\"counts\":{", (long long) bt->id,
+                      (long long) bt->size);
+        for (int s = 0; s < JOB_STATE__COUNT; s++)
+                strbuf_printf(b, "%s\"%s\":%lld", s ? "," : "", job_state_name(s),
+                              (long long) bt->counts[s]);
+        strbuf_printf(b, "},\"done\":%s,\"priority\":%d", bt->finished_at > 0 ? "true" : "false",
+                      bt->priority);
+        put_time(b, "created_at", bt->created_at);
+        put_time(b, "finished_at", bt->finished_at);
+        strbuf_puts(b, "}");
+}
+
 /* A response owning body's text; NULL when out of memory. */
 static struct MHD_Response *response_new(struct strbuf *body, const char *header,
                                          const char *value)

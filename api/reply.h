@@ -10,6 +10,7 @@
 #include <microhttpd.h>
 
 #include "api/strbuf.h"
+#include "storage/batch.h"
 #include "storage/job.h"
 
 struct request;
@@ -36,6 +37,9 @@ enum MHD_Result reply_body(struct request *req, unsigned status, struct strbuf *
                            const char *header, const char *value);
 /* Sends v, whose reference is taken; NULL (allocation failed) sends 500. */
 enum MHD_Result reply_value(struct request *req, unsigned status, json_t *v);
+/* The batch as the API shows it: {"id","size","counts":{state: n},"done",
+ * "priority","created_at","finished_at"}. */
+void reply_batch(struct strbuf *b, const struct batch *bt);
 enum MHD_Result reply_job_answer(struct request *req, unsigned status, const struct job *j);
 enum MHD_Result reply_empty(struct request *req, unsigned status);
 enum MHD_Result reply_error(struct request *req, unsigned status, const char *code,

@@ -26,22 +26,26 @@
  * max_body (4 GiB by default) would let clients take the memory. */
 #define REQUEST_BODY_BUDGET 64
 
-/* No Content-Type is taken as JSON; parameters (charset) are allowed. */
-static bool json_media_type(const char *ct)
+/* Whether Content-Type ct is type; parameters (charset) are allowed. */
+static bool media_type_is(const char *ct, const char *type)
 {
-        size_t n = strlen(REPLY_JSON_TYPE);
+        size_t n = strlen(type);
 
-        if (!ct)
-                return true;
         ct += strspn(ct, " \t");
-        if (strncasecmp(ct, REPLY_JSON_TYPE, n) != 0)
+        if (strncasecmp(ct, type, n) != 0)
                 return false;
         ct += n;
         ct += strspn(ct, " \t");
         return *ct == '\0' || *ct == ';';
 }
 
-static enum MHD_Result refuse_body(struct request *req)
+/* No Content-Type is taken as JSON. */
+static bool json_media_type(const char *ct)
+{
+        return !ct || media_type_is(ct, REPLY_JSON_TYPE);
+}
+
+enum MHD_Result request_refuse(struct request *req)
 {
         switch (req->refused) {
         case REQUEST_UNWANTED:
@@ -100,17 +104,21 @@ enum MHD_Result request_begin(struct request *req, const char *url, const char *
         if (r < 0)
                 return reply_error(req, MHD_HTTP_NOT_FOUND, "not_found", "no such resource");
 
+        type = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                           MHD_HTTP_HEADER_CONTENT_TYPE);
+        req->ndjson = (req->route->flags & ROUTE_NDJSON) && type &&
+                      media_type_is(type, REQUEST_NDJSON_TYPE);
         length = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
                                              MHD_HTTP_HEADER_CONTENT_LENGTH);
         announced = length ? strtoull(length, NULL, 10) : 0;
         if (announced > 0 && !(req->route->flags & ROUTE_BODY))
                 req->refused = REQUEST_UNWANTED;
-        else if (announced > a->o.max_body)
+        else if (announced > a->o.max_body && !req->ndjson)
                 req->refused = REQUEST_TOO_LARGE;
         if (req->refused)
-                return refuse_body(req);
-        type = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
-                                           MHD_HTTP_HEADER_CONTENT_TYPE);
+                return request_refuse(req);
+        if (req->ndjson)
+                return req->route->handler(req);
         if ((req->route->flags & ROUTE_BODY) && !json_media_type(type))
                 return reply_error(req, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
                                    "the body must be JSON: send Content-Type: application/json");
@@ -202,7 +210,7 @@ static enum MHD_Result dispatch(struct request *req)
         struct spec_error err;
 
         if (req->refused)
-                return refuse_body(req);
+                return request_refuse(req);
         if (req->error)
                 return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
                                    "out of memory");
@@ -215,15 +223,80 @@ static enum MHD_Result dispatch(struct request *req)
 /* The request runs again (or ends) after a suspend. */
 static void unsuspend(struct request *req)
 {
-        struct api *a = req->api;
-
         if (!req->suspended)
                 return;
         req->suspended = false;
-        pthread_mutex_lock(&a->lock);
-        if (--a->suspended == 0)
-                pthread_cond_broadcast(&a->idle);
-        pthread_mutex_unlock(&a->lock);
+        api_suspended_sub(req->api);
+}
+
+static bool still_suspended(struct request *req)
+{
+        const union MHD_ConnectionInfo *ci;
+
+        ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_SUSPENDED);
+        return ci && ci->suspended == MHD_YES;
+}
+
+/* The handler with the line in body; the line is gone after it unless the
+ * handler suspended without taking it. */
+static enum MHD_Result offer_line(struct request *req)
+{
+        enum MHD_Result ret;
+
+        req->line_ready = true;
+        req->line_taken = false;
+        ret = req->route->handler(req);
+        if (!req->suspended || req->line_taken) {
+                req->line_ready = false;
+                req->body_len = 0;
+        }
+        return ret;
+}
+
+/* NDJSON: each complete line of the piece goes to the handler, and at the
+ * end of the body an unterminated last one. When the handler suspends, the
+ * rest of the piece is left in *size: MHD keeps it in its read buffer,
+ * reads no more from the client meanwhile, and offers it again after the
+ * resume. So an upload holds one line, whatever the size of the body. */
+static enum MHD_Result ndjson_continue(struct request *req, const char *data, size_t *size)
+{
+        bool end = *size == 0;
+        enum MHD_Result ret;
+        const char *nl;
+        size_t n;
+
+        if (req->line_ready) {
+                ret = offer_line(req);
+                if (ret != MHD_YES || req->suspended)
+                        return ret;
+        }
+        while (*size > 0) {
+                nl = memchr(data, '\n', *size);
+                n = nl ? (size_t) (nl - data) : *size;
+                body_append(req, data, n);
+                n += nl != NULL;
+                data += n;
+                *size -= n;
+                if (!nl)
+                        break;
+                req->line_no++;
+                /* Refused: what is left of the body is only counted. */
+                if (req->refused || req->error)
+                        continue;
+                ret = offer_line(req);
+                if (ret != MHD_YES || req->suspended)
+                        return ret;
+        }
+        if (!end)
+                return MHD_YES;
+        if (req->body_len > 0 && !req->refused && !req->error) {
+                req->line_no++;
+                ret = offer_line(req);
+                if (ret != MHD_YES || req->suspended)
+                        return ret;
+        }
+        req->body_done = true;
+        return req->route->handler(req);
 }
 
 enum MHD_Result request_continue(struct request *req, const char *data, size_t *size)
@@ -231,6 +304,15 @@ enum MHD_Result request_continue(struct request *req, const char *data, size_t *
         /* Answered on the first call; MHD should not come back. */
         if (!req->route)
                 return MHD_NO;
+        if (req->ndjson) {
+                /* In the pass in which the handler suspended, MHD goes on to
+                 * the next chunk of a chunked body: until the resume,
+                 * nothing is taken. */
+                if (req->suspended && still_suspended(req))
+                        return MHD_YES;
+                unsuspend(req);
+                return ndjson_continue(req, data, size);
+        }
         if (req->suspended) {
                 unsuspend(req);
                 req->resumed = true;
@@ -248,6 +330,8 @@ void request_free(struct request *req)
 {
         if (!req)
                 return;
+        if (req->ctx_free)
+                req->ctx_free(req->ctx);
         unsuspend(req);
         if (req->waiting)
                 hub_remove(req->api->hub, &req->waiter);
@@ -259,11 +343,7 @@ void request_free(struct request *req)
 
 void request_suspend(struct request *req)
 {
-        struct api *a = req->api;
-
-        pthread_mutex_lock(&a->lock);
-        a->suspended++;
-        pthread_mutex_unlock(&a->lock);
+        api_suspended_add(req->api);
         req->suspended = true;
         MHD_suspend_connection(req->conn);
 }

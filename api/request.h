@@ -21,6 +21,7 @@ struct api;
 struct route;
 
 #define REQUEST_INLINE_BODY 1024
+#define REQUEST_NDJSON_TYPE "application/x-ndjson"
 
 /* Why a body was not taken; the answer comes once it has gone by. */
 enum request_refusal {
@@ -45,6 +46,21 @@ struct request {
         enum request_refusal refused;   /* stopped buffering; answered at the end */
         json_t *json;                   /* the parsed body (routes that take one) */
 
+        /* NDJSON (a ROUTE_NDJSON route sent Content-Type
+         * application/x-ndjson): the body is never held whole. The handler
+         * runs once when the headers are in (no line: it may answer
+         * there), then once per line, with the line in body/body_len (no
+         * newline, at most max_body) and line_no counting lines from 1, and
+         * last once with body_done. It takes a line by setting line_taken
+         * or by not suspending; a line it suspends without taking comes
+         * again after the resume. After a refusal (a line past max_body or
+         * past the budget) or req->error no line comes, only the end. */
+        bool ndjson;
+        bool line_ready;                /* request.c's: body holds a line not taken */
+        bool line_taken;
+        bool body_done;
+        int64_t line_no;
+
         bool suspended;                 /* MHD thread only */
         bool resumed;                   /* the handler runs again after a suspend */
         int error;                      /* what went wrong while suspended, or 0 */
@@ -60,6 +76,11 @@ struct request {
         bool waiting;
         int cancel_result;              /* sched_cancel()'s answer */
 
+        /* A handler's own state (a batch upload, a wait on many jobs),
+         * freed with the request by ctx_free(ctx). */
+        void *ctx;
+        void (*ctx_free)(void *ctx);
+
         char body_inline[REQUEST_INLINE_BODY];
 };
 
@@ -73,6 +94,8 @@ struct request *request_new(struct api *a, struct MHD_Connection *conn, const ch
 enum MHD_Result request_begin(struct request *req, const char *url, const char *method);
 /* Every later call. */
 enum MHD_Result request_continue(struct request *req, const char *data, size_t *size);
+/* Answers a refused body (req->refused): 413, or 503 past the budget. */
+enum MHD_Result request_refuse(struct request *req);
 /* NOTIFY_COMPLETED. Accepts NULL. */
 void request_free(struct request *req);
 

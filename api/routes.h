@@ -13,6 +13,9 @@ struct request;
 
 enum {
         ROUTE_BODY = 1u << 0,   /* takes a JSON body */
+        /* Also takes Content-Type application/x-ndjson, which is not
+         * buffered: the handler parses it piece by piece as it arrives. */
+        ROUTE_NDJSON = 1u << 1,
 };
 
 struct route {
@@ -35,6 +38,18 @@ enum MHD_Result jobs_list(struct request *req);
 enum MHD_Result jobs_get(struct request *req);
 enum MHD_Result jobs_delete(struct request *req);
 enum MHD_Result jobs_cancel(struct request *req);
+
+/* batches.c */
+enum MHD_Result batches_submit(struct request *req);
+enum MHD_Result batches_get(struct request *req);
+enum MHD_Result batches_cancel(struct request *req);
+enum MHD_Result batches_delete(struct request *req);
+
+/* stream.c */
+enum MHD_Result stream_results(struct request *req);
+
+/* wait.c */
+enum MHD_Result wait_post(struct request *req);
 
 /* misc.c */
 enum MHD_Result misc_tasks(struct request *req);

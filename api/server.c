@@ -180,11 +180,26 @@ fail_free:
         return r;
 }
 
-void api_job_finished(int64_t id, void *api)
+void api_job_finished(int64_t id, int64_t batch, void *api)
 {
         struct api *a = api;
 
-        hub_fire_id(a->hub, id);
+        hub_fire_job(a->hub, id, batch);
+}
+
+void api_suspended_add(struct api *a)
+{
+        pthread_mutex_lock(&a->lock);
+        a->suspended++;
+        pthread_mutex_unlock(&a->lock);
+}
+
+void api_suspended_sub(struct api *a)
+{
+        pthread_mutex_lock(&a->lock);
+        if (--a->suspended == 0)
+                pthread_cond_broadcast(&a->idle);
+        pthread_mutex_unlock(&a->lock);
 }
 
 void api_quiesce(struct api *a)

@@ -22,6 +22,7 @@ struct api_options {
         size_t max_body;                /* bytes; 413 past this */
         double max_wait;                /* seconds; the cap of ?wait= */
         double default_timeout;         /* seconds; a job spec without "timeout" */
+        int64_t max_batch_items;        /* 413 batch_too_large past this */
 };
 
 /* The parts the handlers read; none is owned by the api. */
@@ -35,8 +36,9 @@ struct api_deps {
 };
 
 int api_start(const struct api_options *o, const struct api_deps *d, struct api **ret);
-/* The scheduler's on_finished: wakes every waiter on job id. Any thread. */
-void api_job_finished(int64_t id, void *api);
+/* The scheduler's on_finished: wakes every waiter on job id and every
+ * stream of its batch (id 0: on any job of the batch). Any thread. */
+void api_job_finished(int64_t id, int64_t batch, void *api);
 /* Stops accepting connections and answers every suspended request now. */
 void api_quiesce(struct api *a);
 /* Closes every connection and frees. Accepts NULL. */

@@ -141,11 +141,16 @@ static int get_timeout(const json_t *spec, double def, double *ret, struct spec_
         return 0;
 }
 
-static int get_task(const json_t *spec, const struct task **ret, struct spec_error *err)
+static int get_task(const json_t *spec, const struct task *def, const struct task **ret,
+                    struct spec_error *err)
 {
         const json_t *v = field(spec, "task");
         const struct task *t;
 
+        if (!v && def) {
+                *ret = def;
+                return 0;
+        }
         if (!v)
                 return spec_fail(err, "invalid_request", "\"task\" is required");
         if (!json_is_string(v))
@@ -159,17 +164,27 @@ static int get_task(const json_t *spec, const struct task **ret, struct spec_err
         return 0;
 }
 
-static int get_kind(const json_t *spec, const struct task *t, enum job_kind *ret,
-                    struct spec_error *err)
+/* v: a present "kind". */
+static int parse_kind(const json_t *v, enum job_kind *ret, struct spec_error *err)
+{
+        if (!json_is_string(v))
+                return spec_fail(err, "invalid_request", "\"kind\" must be a string");
+        if (job_kind_parse(json_string_value(v), ret) < 0)
+                return spec_fail(err, "invalid_kind", "\"kind\" must be \"io\" or \"cpu\"");
+        return 0;
+}
+
+static int get_kind(const json_t *spec, const struct task *t, const struct spec_defaults *d,
+                    enum job_kind *ret, struct spec_error *err)
 {
         const json_t *v = field(spec, "kind");
-        enum job_kind k = t->default_kind;
+        enum job_kind k = d->has_kind ? d->kind : t->default_kind;
+        int r;
 
         if (v) {
-                if (!json_is_string(v))
-                        return spec_fail(err, "invalid_request", "\"kind\" must be a string");
-                if (job_kind_parse(json_string_value(v), &k) < 0)
-                        return spec_fail(err, "invalid_kind", "\"kind\" must be \"io\" or \"cpu\"");
+                r = parse_kind(v, &k, err);
+                if (r < 0)
+                        return r;
         }
         if (!task_can_run(t, k))
                 return spec_fail(err, "invalid_kind", "task \"%s\" cannot run as kind \"%s\"",
@@ -292,7 +307,14 @@ int spec_job(const json_t *spec, const struct spec_defaults *d, struct job **ret
         r = check_fields(spec, err);
         if (r < 0)
                 return r;
-        r = get_task(spec, &t, err);
+        /* Refused before anything is built: the batch decides these. */
+        if (d->batch_item && field(spec, "key"))
+                return spec_fail(err, "invalid_request",
+                                 "a batch item may not set \"key\"; a batch is submitted whole");
+        if (d->batch_item && field(spec, "priority"))
+                return spec_fail(err, "invalid_request",
+                                 "a batch item may not set \"priority\"; the batch's applies");
+        r = get_task(spec, d->task, &t, err);
         if (r < 0)
                 return r;
 
@@ -305,17 +327,19 @@ int spec_job(const json_t *spec, const struct spec_defaults *d, struct job **ret
                 r = spec_fail(err, "internal", "out of memory");
                 goto fail;
         }
-        r = get_kind(spec, t, &j->kind, err);
+        r = get_kind(spec, t, d, &j->kind, err);
         if (r < 0)
                 goto fail;
         r = get_timeout(spec, d->timeout, &j->timeout, err);
         if (r < 0)
                 goto fail;
-        r = get_int(spec, "max_attempts", 1, SPEC_MAX_ATTEMPTS, t->default_max_attempts,
+        r = get_int(spec, "max_attempts", 1, SPEC_MAX_ATTEMPTS,
+                    d->max_attempts > 0 ? d->max_attempts : t->default_max_attempts,
                     &j->max_attempts, err);
         if (r < 0)
                 goto fail;
-        r = get_int(spec, "priority", -SPEC_MAX_PRIORITY, SPEC_MAX_PRIORITY, 0, &j->priority, err);
+        r = get_int(spec, "priority", -SPEC_MAX_PRIORITY, SPEC_MAX_PRIORITY, d->priority,
+                    &j->priority, err);
         if (r < 0)
                 goto fail;
         r = get_key(spec, &j->key, err);
@@ -333,4 +357,39 @@ int spec_job(const json_t *spec, const struct spec_defaults *d, struct job **ret
 fail:
         job_free(j);
         return r;
+}
+
+int spec_batch_defaults(const json_t *obj, double timeout, struct spec_defaults *ret,
+                        struct spec_error *err)
+{
+        struct spec_defaults d = { .batch_item = true };
+        const json_t *kind = field(obj, "kind");
+        int r;
+
+        if (field(obj, "task")) {
+                r = get_task(obj, NULL, &d.task, err);
+                if (r < 0)
+                        return r;
+        }
+        if (kind) {
+                r = parse_kind(kind, &d.kind, err);
+                if (r < 0)
+                        return r;
+                d.has_kind = true;
+                if (d.task && !task_can_run(d.task, d.kind))
+                        return spec_fail(err, "invalid_kind",
+                                         "task \"%s\" cannot run as kind \"%s\"",
+                                         d.task->name, job_kind_name(d.kind));
+        }
+        r = get_timeout(obj, timeout, &d.timeout, err);
+        if (r < 0)
+                return r;
+        r = get_int(obj, "max_attempts", 1, SPEC_MAX_ATTEMPTS, 0, &d.max_attempts, err);
+        if (r < 0)
+                return r;
+        r = get_int(obj, "priority", -SPEC_MAX_PRIORITY, SPEC_MAX_PRIORITY, 0, &d.priority, err);
+        if (r < 0)
+                return r;
+        *ret = d;
+        return 0;
 }

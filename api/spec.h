@@ -5,6 +5,7 @@
 #ifndef FUTURED_API_SPEC_H
 #define FUTURED_API_SPEC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <jansson.h>
 
@@ -30,13 +31,32 @@ struct spec_error {
  * caller's. */
 int spec_parse(const char *text, size_t len, json_t **ret, struct spec_error *err);
 
+struct task;
+
+/* What a spec leaves out. A job of its own takes only the server's timeout;
+ * a batch item also takes the batch's task, kind and max_attempts, and the
+ * batch's priority, which an item may not set (nor a key: a batch is
+ * submitted once, whole). Zeroed fields mean "no default". */
 struct spec_defaults {
         double timeout;                 /* seconds, for a spec without "timeout" */
+        const struct task *task;        /* NULL: "task" is required */
+        bool has_kind;
+        enum job_kind kind;             /* when has_kind, instead of the task's own */
+        int max_attempts;               /* 0: the task's own */
+        bool batch_item;
+        int priority;                   /* every batch item's */
 };
+
+/* A batch's defaults from its top-level "task", "kind", "timeout",
+ * "max_attempts" and "priority" (other fields are the caller's to check),
+ * each validated as in a job spec; timeout is the server's. -EINVAL with
+ * err filled. */
+int spec_batch_defaults(const json_t *obj, double timeout, struct spec_defaults *ret,
+                        struct spec_error *err);
 
 /* Turns a job spec into a pending job (*ret, the caller's): args always an
  * object (positional args named after the task's parameters), defaults
- * filled. -EINVAL with err filled, or -ENOMEM (err "internal"). */
+ * from d filled. -EINVAL with err filled, or -ENOMEM (err "internal"). */
 int spec_job(const json_t *spec, const struct spec_defaults *d, struct job **ret,
              struct spec_error *err);
 

@@ -3,7 +3,10 @@
  * A key "io_threads" in section [pools] is the flag --io-threads; names are
  * unique across sections so that mapping is one-to-one. Values are checked
  * against the key's bounds wherever they come from, and the first bad one
- * stops the daemon with "where: what" before anything starts. */
+ * stops the daemon with "where: what" before anything starts.
+ *
+ * [commands] is the one section of free keys: each is an exec command's
+ * name, only from the file (a flag per command would make no sense). */
 #include "daemon/config.h"
 
 #include <errno.h>
@@ -16,15 +19,16 @@
 #include <unistd.h>
 
 #include "daemon/log.h"
+#include "tasks/exec.h"
 
-enum cfg_type { CFG_STRING, CFG_UINT, CFG_SIZE, CFG_SECONDS, CFG_SYNC, CFG_LOG_LEVEL };
+enum cfg_type { CFG_STRING, CFG_LIST, CFG_UINT, CFG_SIZE, CFG_SECONDS, CFG_SYNC, CFG_LOG_LEVEL };
 
 struct cfg_key {
         const char *section;
         const char *name;
         enum cfg_type type;
         size_t offset;
-        size_t size;            /* CFG_STRING: the buffer's size */
+        size_t size;            /* CFG_STRING, CFG_LIST: the buffer's size */
         double min, max;
         const char *help;
 };
@@ -45,7 +49,7 @@ static const struct cfg_key cfg_keys[] = {
         KEY("server", max_wait, CFG_SECONDS, 0, 86400, "longest ?wait= in seconds"),
         KEY("store", db, CFG_STRING, 0, 0, "SQLite database file"),
         KEY("store", sync_full, CFG_SYNC, 0, 0,
-            "synchronous: full (survives power loss) or normal (survives a crash)"),
+            "full (survives power loss) or normal (survives a crash)"),
         KEY("pools", io_threads, CFG_UINT, 1, 4096, "I/O pool threads"),
         KEY("pools", cpu_workers, CFG_UINT, 1, 1024, "CPU worker processes"),
         KEY("jobs", default_timeout, CFG_SECONDS, 0.001, 86400,
@@ -55,7 +59,28 @@ static const struct cfg_key cfg_keys[] = {
         KEY("jobs", retry_max, CFG_SECONDS, 0.001, 86400, "longest retry backoff in seconds"),
         KEY("jobs", shutdown_grace, CFG_SECONDS, 0, 3600,
             "seconds running jobs get to finish at shutdown"),
+        KEY("jobs", retention, CFG_SECONDS, 1, 3153600000.0,
+            "seconds finished jobs and batches are kept before they are purged"),
+        KEY("jobs", max_batch_items, CFG_SIZE, 1, 1e9, "items in one batch at most"),
         KEY("log", log_level, CFG_LOG_LEVEL, 0, 0, "error, warning, notice, info or debug"),
+        KEY("http", max_response, CFG_SIZE, 1024, 1073741824.0,
+            "largest response an http job takes, in bytes (K, M, G suffixes)"),
+        KEY("http", host_concurrency, CFG_UINT, 0, 100000,
+            "http jobs in flight to one host at most; 0: no limit"),
+        KEY("http", host_per_second, CFG_SECONDS, 0, 1e6,
+            "http jobs started per second to one host at most; 0: no limit"),
+        KEY("http", allow, CFG_LIST, 0, 0,
+            "URL prefixes http jobs may call, space-separated; empty: any"),
+        KEY("http", auth, CFG_LIST, 0, 0,
+            "HOST=FILE pairs: the Authorization sent to HOST when a job gives none"),
+        KEY("exec", work_dir, CFG_STRING, 0, 0,
+            "working directory of exec commands (default: the daemon's)"),
+        KEY("exec", environment, CFG_LIST, 0, 0,
+            "the whole environment of exec commands: NAME=VALUE words"),
+        KEY("exec", max_output, CFG_SIZE, 1024, 4194304.0,
+            "bytes kept of an exec command's stdout, and of its stderr (K, M suffixes)"),
+        KEY("exec", json_output, CFG_LIST, 0, 0,
+            "exec commands whose stdout is parsed as JSON, space-separated"),
 };
 
 #define N_KEYS (sizeof(cfg_keys) / sizeof(cfg_keys[0]))
@@ -90,7 +115,12 @@ void config_defaults(struct config *ret)
                 .retry_base = 1,
                 .retry_max = 300,
                 .shutdown_grace = 10,
+                .retention = 7 * 24 * 3600,
+                .max_batch_items = 10000000,
                 .log_level = LOG_INFO,
+                .max_response = 16 << 20,
+                .environment = EXEC_ENVIRONMENT_DEFAULT,
+                .max_output = EXEC_MAX_OUTPUT_DEFAULT,
         };
 }
 
@@ -128,9 +158,10 @@ static int key_set(const struct cfg_key *k, struct config *c, const char *v, cha
 
         switch (k->type) {
         case CFG_STRING:
-                if (!*v || strlen(v) >= k->size) {
-                        snprintf(err, errlen, "%s must be 1 to %zu characters", key_name(k),
-                                 k->size - 1);
+        case CFG_LIST:
+                if ((k->type == CFG_STRING && !*v) || strlen(v) >= k->size) {
+                        snprintf(err, errlen, "%s must be %d to %zu characters", key_name(k),
+                                 k->type == CFG_STRING, k->size - 1);
                         return -EINVAL;
                 }
                 memcpy(field, v, strlen(v) + 1);
@@ -181,9 +212,38 @@ struct ini_state {
         size_t errlen;
 };
 
+static int config_add_command(struct config *c, const char *name, const char *value, char *err,
+                              size_t errlen)
+{
+        struct config_command *cmd = &c->commands[c->n_commands];
+
+        for (unsigned i = 0; i < c->n_commands; i++) {
+                if (strcmp(c->commands[i].name, name) == 0) {
+                        snprintf(err, errlen, "command '%s' is defined twice", name);
+                        return -EINVAL;
+                }
+        }
+        if (c->n_commands == CONFIG_COMMANDS_MAX) {
+                snprintf(err, errlen, "more than %d commands", CONFIG_COMMANDS_MAX);
+                return -EINVAL;
+        }
+        if (strlen(name) >= sizeof(cmd->name) || !*value || strlen(value) >= sizeof(cmd->template)) {
+                snprintf(err, errlen, "command '%.64s': a name of at most %zu and a template of 1 to "
+                         "%zu characters", name, sizeof(cmd->name) - 1, sizeof(cmd->template) - 1);
+                return -EINVAL;
+        }
+        memcpy(cmd->name, name, strlen(name) + 1);
+        memcpy(cmd->template, value, strlen(value) + 1);
+        c->n_commands++;
+        return 0;
+}
+
 static int config_ini_line(void *user, const char *section, const char *name, const char *value)
 {
         struct ini_state *st = user;
+
+        if (strcmp(section, "commands") == 0)
+                return config_add_command(st->config, name, value, st->err, st->errlen) == 0;
 
         for (size_t i = 0; i < N_KEYS; i++)
                 if (strcmp(section, cfg_keys[i].section) == 0 &&
@@ -220,7 +280,7 @@ static void config_usage(void)
         for (size_t i = 0; i < N_KEYS; i++) {
                 char flag[64];
 
-                snprintf(flag, sizeof(flag), "--%s", cfg_keys[i].name);
+                snprintf(flag, sizeof(flag), "--%s", key_name(&cfg_keys[i]));
                 for (char *p = flag; *p; p++)
                         if (*p == '_')
                                 *p = '-';
@@ -241,7 +301,7 @@ int config_parse(int argc, char **argv, struct config *ret, char *err, size_t er
 
         config_defaults(&c);
         for (size_t i = 0; i < N_KEYS; i++) {
-                snprintf(names[i], sizeof(names[i]), "%s", cfg_keys[i].name);
+                snprintf(names[i], sizeof(names[i]), "%s", key_name(&cfg_keys[i]));
                 for (char *p = names[i]; *p; p++)
                         if (*p == '_')
                                 *p = '-';

@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#define CONFIG_COMMANDS_MAX 64
+
 struct config {
         char listen[256];
         char db[PATH_MAX];
@@ -25,7 +27,24 @@ struct config {
         double retry_base;
         double retry_max;
         double shutdown_grace;
+        double retention;
+        size_t max_batch_items;
         int log_level;
+        size_t max_response;
+        unsigned host_concurrency;      /* http requests in flight per host; 0: no limit */
+        double host_per_second;         /* http requests started per host and second; 0: no limit */
+        char allow[4096];               /* URL prefixes, space-separated; empty: any */
+        char auth[4096];                /* host=FILE pairs, space-separated */
+        char work_dir[PATH_MAX];        /* of exec commands; empty: the daemon's */
+        char environment[4096];         /* of exec commands: K=V words */
+        size_t max_output;              /* of an exec command's stdout, and of its stderr */
+        char json_output[1024];         /* exec commands whose stdout is JSON */
+        /* [commands], in file order; only the file sets them. */
+        struct config_command {
+                char name[64];
+                char template[1024];    /* argv template (tasks/exec.h) */
+        } commands[CONFIG_COMMANDS_MAX];
+        unsigned n_commands;
 };
 
 /* The embedded defaults, for a first run with no file at all. */

@@ -9,7 +9,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-int frame_write(int fd, const void *buf, size_t len)
+static int frame_send(int fd, const void *buf, size_t len, int flags)
 {
         uint8_t hdr[4];
         struct iovec iov[2];
@@ -25,12 +25,12 @@ int frame_write(int fd, const void *buf, size_t len)
         iov[1] = (struct iovec){ .iov_base = (void *)buf, .iov_len = len };
 
         while (mh.msg_iovlen > 0) {
-                ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+                ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL | flags);
 
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
-                        return -errno;
+                        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
                 }
                 while (mh.msg_iovlen > 0 && (size_t)n >= mh.msg_iov->iov_len) {
                         n -= (ssize_t)mh.msg_iov->iov_len;
@@ -43,6 +43,16 @@ int frame_write(int fd, const void *buf, size_t len)
                 }
         }
         return 0;
+}
+
+int frame_write(int fd, const void *buf, size_t len)
+{
+        return frame_send(fd, buf, len, 0);
+}
+
+int frame_try_write(int fd, const void *buf, size_t len)
+{
+        return frame_send(fd, buf, len, MSG_DONTWAIT);
 }
 
 /* 0 when len bytes were read; -EPIPE on end of file before the first byte,

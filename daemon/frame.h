@@ -13,6 +13,12 @@
  * the send error (-EPIPE when the peer is gone; never raises SIGPIPE). */
 int frame_write(int fd, const void *buf, size_t len);
 
+/* Like frame_write() but never blocks: -EAGAIN when the socket cannot take
+ * the whole message now, in which case part of it may have been sent and
+ * the stream is no longer usable: for a last word to a peer that is about
+ * to be killed if it does not answer. */
+int frame_try_write(int fd, const void *buf, size_t len);
+
 /* Reads one message. 0 with *ret (malloc'd, the caller's, NUL-terminated
  * past *ret_len) and *ret_len; an empty message is valid. -EPIPE: the peer
  * closed the socket between messages; -EPROTO: it closed mid-message;

@@ -6,4 +6,5 @@ libfutured_a_SOURCES += \
 	daemon/iopool.c daemon/iopool.h \
 	daemon/procpool.c daemon/procpool.h \
 	daemon/frame.c daemon/frame.h \
-	daemon/worker.c daemon/worker.h
+	daemon/worker.c daemon/worker.h \
+	daemon/retention.c daemon/retention.h

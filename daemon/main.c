@@ -23,56 +23,156 @@
 #include "daemon/listen.h"
 #include "daemon/log.h"
 #include "daemon/procpool.h"
+#include "daemon/retention.h"
 #include "daemon/scheduler.h"
 #include "daemon/worker.h"
 #include "storage/store.h"
 #include "storage/writer.h"
+#include "tasks/exec.h"
+#include "tasks/http.h"
 #include "tasks/task.h"
 
+/* What recovery hands over before the scheduler exists: pending jobs
+ * outside batches (owned here until requeued) and sealed batches that
+ * still have pending jobs. */
 struct recovered {
         struct job **jobs;
         size_t n, cap;
+        struct recovered_batch {
+                int64_t id;
+                int priority;
+        } *batches;
+        size_t n_batches, cap_batches;
 };
+
+/* array (capacity *cap, n used) with room for one more element of size:
+ * array itself, or its reallocation, or NULL when out of memory (array is
+ * then untouched). */
+static void *grow(void *array, size_t *cap, size_t n, size_t size)
+{
+        void *p;
+        size_t c;
+
+        if (n < *cap)
+                return array;
+        c = *cap ? 2 * *cap : 256;
+        p = realloc(array, c * size);
+        if (p)
+                *cap = c;
+        return p;
+}
 
 static int recovered_add(struct job *j, void *userdata)
 {
         struct recovered *rec = userdata;
+        struct job **jobs = grow(rec->jobs, &rec->cap, rec->n, sizeof(*jobs));
 
-        if (rec->n == rec->cap) {
-                size_t cap = rec->cap ? 2 * rec->cap : 256;
-                struct job **jobs = realloc(rec->jobs, cap * sizeof(*jobs));
-
-                if (!jobs) {
-                        job_free(j);
-                        return -ENOMEM;
-                }
-                rec->jobs = jobs;
-                rec->cap = cap;
+        if (!jobs) {
+                job_free(j);
+                return -ENOMEM;
         }
+        rec->jobs = jobs;
         rec->jobs[rec->n++] = j;
         return 0;
 }
 
-/* No endpoint creates batches in this version, so a database holding a
- * sealed one was written by a newer futured: refuse it rather than leave its
- * jobs unrun. */
 static int recovered_batch(int64_t batch, int priority, void *userdata)
 {
-        log_error("the store holds batch %" PRId64 " with pending jobs; this futured cannot run batches",
-                  batch);
-        return -EOPNOTSUPP;
+        struct recovered *rec = userdata;
+        struct recovered_batch *b = grow(rec->batches, &rec->cap_batches, rec->n_batches,
+                                         sizeof(*b));
+
+        if (!b)
+                return -ENOMEM;
+        rec->batches = b;
+        rec->batches[rec->n_batches++] = (struct recovered_batch){ batch, priority };
+        return 0;
 }
 
 /* The scheduler exists before the api, so its completion events go through
  * this pointer, set once the api is up and cleared before it goes. */
 static struct api *the_api;
 
-static void on_job_finished(int64_t id, void *userdata)
+static void on_job_finished(int64_t id, int64_t batch, void *userdata)
 {
         struct api *a = __atomic_load_n(&the_api, __ATOMIC_ACQUIRE);
 
         if (a)
-                api_job_finished(id, a);
+                api_job_finished(id, batch, a);
+}
+
+/* Splits text in place at spaces and tabs into words[], NULL-terminated;
+ * words has room for every word text can hold. Returns the count. */
+static size_t split_words(char *text, char **words)
+{
+        size_t n = 0;
+        char *save, *w;
+
+        for (w = strtok_r(text, " \t", &save); w; w = strtok_r(NULL, " \t", &save))
+                words[n++] = w;
+        words[n] = NULL;
+        return n;
+}
+
+/* The [http] keys as the http task takes them; http_configure() copies
+ * what it keeps, so the split lists live on this stack only. */
+static int configure_http(const struct config *c)
+{
+        char allow[sizeof(c->allow)], auth[sizeof(c->auth)], err[256];
+        char *prefixes[sizeof(c->allow) / 2 + 1], *pairs[sizeof(c->auth) / 2 + 1];
+        struct http_auth hosts[sizeof(c->auth) / 2 + 1];
+        size_t n;
+        int r;
+
+        memcpy(allow, c->allow, sizeof(allow));
+        memcpy(auth, c->auth, sizeof(auth));
+        split_words(allow, prefixes);
+        n = split_words(auth, pairs);
+        for (size_t i = 0; i < n; i++) {
+                char *eq = strchr(pairs[i], '=');
+
+                if (!eq || eq == pairs[i] || !eq[1]) {
+                        log_error("[http] auth: '%s' is not HOST=FILE", pairs[i]);
+                        return -EINVAL;
+                }
+                *eq = '\0';
+                hosts[i] = (struct http_auth){ .host = pairs[i], .file = eq + 1 };
+        }
+        r = http_configure(&(struct http_options){
+                                   .max_response = c->max_response,
+                                   .allow = (const char *const *)prefixes,
+                                   .auth = hosts,
+                                   .n_auth = n,
+                           },
+                           err, sizeof(err));
+        if (r < 0)
+                log_error("[http]: %s", err);
+        return r;
+}
+
+/* The [commands] and [exec] keys as the exec task takes them. Before the
+ * CPU pool starts: it hands them to every worker it spawns. */
+static int configure_exec(const struct config *c)
+{
+        struct exec_command commands[CONFIG_COMMANDS_MAX];
+        char err[512];
+        int r;
+
+        for (unsigned i = 0; i < c->n_commands; i++)
+                commands[i] = (struct exec_command){ .name = c->commands[i].name,
+                                                     .template = c->commands[i].template };
+        r = exec_configure(&(struct exec_options){
+                                   .commands = commands,
+                                   .n_commands = c->n_commands,
+                                   .json_output = c->json_output,
+                                   .work_dir = c->work_dir,
+                                   .environment = c->environment,
+                                   .max_output = c->max_output,
+                           },
+                           err, sizeof(err));
+        if (r < 0)
+                log_error("[commands] or [exec]: %s", err);
+        return r;
 }
 
 static int open_listener(const struct config *c, int *ret)
@@ -143,9 +243,16 @@ static int run(const struct config *c)
         struct iopool *iopool = NULL;
         struct procpool *procpool = NULL;
         struct api *api = NULL;
+        struct retention *retention = NULL;
         bool drained = false;
         int fd = -1, r;
 
+        r = configure_http(c);
+        if (r < 0)
+                return r;
+        r = configure_exec(c);
+        if (r < 0)
+                return r;
         r = open_listener(c, &fd);
         if (r < 0)
                 return r;
@@ -174,6 +281,7 @@ static int run(const struct config *c)
                               .max_pending = c->max_pending,
                               .retry_base = c->retry_base,
                               .retry_max = c->retry_max,
+                              .store = store,
                               .on_finished = on_job_finished,
                       },
                       &sched);
@@ -189,8 +297,21 @@ static int run(const struct config *c)
                         goto out;
                 }
         }
-        if (rec.n)
-                log_notice("recovered %zu pending jobs from %s", rec.n, c->db);
+        for (size_t i = 0; i < rec.n_batches; i++) {
+                r = sched_add_batch(sched, rec.batches[i].id, rec.batches[i].priority);
+                if (r < 0) {
+                        log_errno(LOG_ERR, r, "cannot requeue recovered batches");
+                        goto out;
+                }
+        }
+        if (rec.n || rec.n_batches)
+                log_notice("recovered %zu pending jobs and %zu unfinished batches from %s", rec.n,
+                           rec.n_batches, c->db);
+        r = retention_start(writer, c->retention, &retention);
+        if (r < 0) {
+                log_errno(LOG_ERR, r, "cannot start the retention purge");
+                goto out;
+        }
 
         r = iopool_start(sched, c->io_threads, &iopool);
         if (r < 0) {
@@ -213,6 +334,7 @@ static int run(const struct config *c)
                               .max_body = c->max_body,
                               .max_wait = c->max_wait,
                               .default_timeout = c->default_timeout,
+                              .max_batch_items = (int64_t)c->max_batch_items,
                       },
                       &(struct api_deps){
                               .store = store,
@@ -252,12 +374,14 @@ out:
         api_stop(api);
         iopool_stop(iopool);
         procpool_stop(procpool);
+        retention_stop(retention);
         writer_stop(writer);
         sched_free(sched);
         store_close(store);
         for (size_t i = 0; i < rec.n; i++)
                 job_free(rec.jobs[i]);
         free(rec.jobs);
+        free(rec.batches);
         if (fd >= 0)
                 close(fd);
         if (r == 0)
@@ -282,6 +406,14 @@ int main(int argc, char **argv)
                 return 2;
         }
         log_set_level(c.log_level);
+        /* libcurl's global set-up is not thread-safe: before any thread. */
+        if (http_global_init() < 0) {
+                log_error("cannot initialise libcurl");
+                return EXIT_FAILURE;
+        }
         block_signals();
-        return run(&c) < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+        r = run(&c);
+        exec_cleanup();
+        http_global_cleanup();
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -23,7 +23,14 @@
  *   kills the next job, and a live one is never lost.
  * - The worker's PR_SET_PDEATHSIG follows the thread that spawned it: its
  *   slot thread or the monitor, and both outlive every worker (the monitor
- *   is joined after the slot threads have reaped theirs). */
+ *   is joined after the slot threads have reaped theirs).
+ * - Every worker gets the same setup frame first (daemon/worker.c): the
+ *   exec settings, taken once at start, so no worker reads the config.
+ * - A job ended by its timeout or an interrupt is first stopped: the pool
+ *   sends a stop frame and gives the worker STOP_GRACE to answer. A task
+ *   waiting on a command ends it and answers, and the worker takes the next
+ *   job; one computing never looks, and its worker is killed and replaced,
+ *   as is one whose answer is not a stopped reply or a valid one. */
 #include "daemon/procpool.h"
 
 #include <errno.h>
@@ -49,6 +56,7 @@
 #include "daemon/log.h"
 #include "daemon/scheduler.h"
 #include "daemon/worker.h"
+#include "tasks/exec.h"
 #include "tasks/task.h"
 
 #define SPAWN_PAUSE_MIN 0.1     /* seconds, doubled after each failed spawn */
@@ -56,6 +64,9 @@
 /* How long a worker that closed its socket, or was told to exit, may take
  * before SIGKILL. */
 #define EXIT_WAIT 2.0
+/* How long a worker told to stop its job may take to answer: killing a
+ * process group and reaping it takes milliseconds. */
+#define STOP_GRACE 0.5
 
 enum slot_owner {
         OWNER_THREAD,           /* the slot thread */
@@ -80,6 +91,7 @@ struct slot {
 struct procpool {
         struct sched *sched;
         char *exe;              /* owned */
+        char *setup;            /* owned: the first frame to every worker */
         pthread_mutex_t lock;
         pthread_cond_t released;        /* the monitor gave a slot back */
         uint64_t restarts;
@@ -216,6 +228,25 @@ static void reap(pid_t pid, int *ret_status)
                 *ret_status = status;
 }
 
+/* Ends the slot's worker: closes its socket (its order to exit), gives it
+ * up to wait seconds to do so, then SIGKILLs it, and reaps it. */
+static int slot_reap(struct slot *sl, double wait)
+{
+        struct pollfd pfd = { .fd = sl->pidfd, .events = POLLIN };
+        int status;
+
+        (void)epoll_ctl(sl->pool->epfd, EPOLL_CTL_DEL, sl->pidfd, NULL);
+        close(sl->sock);
+        sl->sock = -1;
+        if (wait <= 0 || poll_until(&pfd, 1, task_monotonic() + wait) <= 0)
+                (void)pidfd_send_signal(sl->pidfd, SIGKILL, NULL, 0);
+        reap(sl->pid, &status);
+        close(sl->pidfd);
+        sl->pidfd = -1;
+        slot_set_worker(sl, 0, false);
+        return status;
+}
+
 /* Gives the slot a new worker, watched by the monitor; on failure the slot
  * stays without one. */
 static int slot_spawn(struct slot *sl)
@@ -248,30 +279,18 @@ static int slot_spawn(struct slot *sl)
         sl->sock = sv[0];
         sl->pidfd = pidfd;
         slot_set_worker(sl, pid, false);
+        /* The worker reads it first, so this blocks no longer than its
+         * start-up; a worker that dies first fails it. */
+        r = frame_write(sl->sock, p->setup, strlen(p->setup));
+        if (r < 0) {
+                (void)slot_reap(sl, 0);
+                goto fail;
+        }
         log_debug("CPU worker %u started as pid %d", sl->index, (int)pid);
         return 0;
 fail:
         slot_set_worker(sl, 0, true);
         return log_errno(LOG_ERR, r, "cannot start CPU worker %u (%s %s)", sl->index, p->exe, WORKER_ARG);
-}
-
-/* Ends the slot's worker: closes its socket (its order to exit), gives it
- * up to wait seconds to do so, then SIGKILLs it, and reaps it. */
-static int slot_reap(struct slot *sl, double wait)
-{
-        struct pollfd pfd = { .fd = sl->pidfd, .events = POLLIN };
-        int status;
-
-        (void)epoll_ctl(sl->pool->epfd, EPOLL_CTL_DEL, sl->pidfd, NULL);
-        close(sl->sock);
-        sl->sock = -1;
-        if (wait <= 0 || poll_until(&pfd, 1, task_monotonic() + wait) <= 0)
-                (void)pidfd_send_signal(sl->pidfd, SIGKILL, NULL, 0);
-        reap(sl->pid, &status);
-        close(sl->pidfd);
-        sl->pidfd = -1;
-        slot_set_worker(sl, 0, false);
-        return status;
 }
 
 static bool slot_worker_exited(struct slot *sl)
@@ -329,7 +348,7 @@ static int job_encode(const struct job *j, char **ret, size_t *ret_len)
         args = json_loads(j->args ? j->args : "{}", 0, NULL);
         if (!args)
                 return -EINVAL;
-        msg = json_pack("{s:s, s:o}", "task", j->task, "args", args);
+        msg = json_pack("{s:s, s:o, s:f}", "task", j->task, "args", args, "timeout", j->timeout);
         if (!msg)
                 return -ENOMEM;
         text = json_dumps(msg, JSON_COMPACT);
@@ -346,8 +365,9 @@ static int job_encode(const struct job *j, char **ret, size_t *ret_len)
         return 0;
 }
 
-/* Fills out from the worker's reply; -EBADMSG when it is malformed. */
-static int reply_parse(const char *msg, size_t len, struct sched_outcome *out)
+/* Fills out from the worker's reply, and *ret_stopped with whether it
+ * answers a stop; -EBADMSG when it is malformed. */
+static int reply_parse(const char *msg, size_t len, struct sched_outcome *out, bool *ret_stopped)
 {
         json_t *reply = json_loadb(msg, len, 0, NULL);
         json_t *result = json_object_get(reply, "result");
@@ -355,6 +375,7 @@ static int reply_parse(const char *msg, size_t len, struct sched_outcome *out)
         json_t *retryable = json_object_get(reply, "retryable");
         int r = 0;
 
+        *ret_stopped = json_is_true(json_object_get(reply, "stopped"));
         if (result) {
                 out->result = json_incref(result);
         } else if (json_is_object(error) && json_is_string(json_object_get(error, "type")) &&
@@ -395,14 +416,63 @@ static enum run_end slot_wait(struct slot *sl, double deadline, char **ret_msg, 
         return fds[1].revents ? RUN_INTERRUPT : RUN_DEAD;
 }
 
-/* Runs one job on the slot's worker. Whatever ends it other than a reply
- * kills the worker and replaces it at once. */
+/* Asks the worker to stop the job it runs and waits STOP_GRACE for its
+ * reply: RUN_REPLY with *ret_msg set, or RUN_DEAD when the worker must go. */
+static enum run_end slot_stop(struct slot *sl, char **ret_msg, size_t *ret_len)
+{
+        static const char stop[] = "{\"stop\":true}";
+        struct pollfd fds[] = {
+                { .fd = sl->sock, .events = POLLIN },
+                { .fd = sl->pidfd, .events = POLLIN },
+        };
+
+        if (frame_try_write(sl->sock, stop, sizeof(stop) - 1) < 0 ||
+            poll_until(fds, 2, task_monotonic() + STOP_GRACE) <= 0 || !fds[0].revents ||
+            frame_read(sl->sock, ret_msg, ret_len) < 0)
+                return RUN_DEAD;
+        return RUN_REPLY;
+}
+
+/* The error of a job the pool ended: its deadline or an interrupt. */
+static void outcome_ended(enum run_end end, const struct job *j, struct sched_outcome *out)
+{
+        if (end == RUN_TIMEOUT) {
+                out->error = sched_error_new("timeout", "timed out after %g s", j->timeout);
+                out->retryable = true;
+        } else {
+                out->error = sched_error_new("cancelled", "stopped while running");
+        }
+}
+
+/* Takes the worker's reply into out: 0, or -EBADMSG. A reply to a stop
+ * leaves the job ended by end, with the worker kept. */
+static int slot_take_reply(struct slot *sl, const struct job *j, enum run_end end, char *reply,
+                           size_t len, struct sched_outcome *out)
+{
+        bool stopped;
+        int r = reply_parse(reply, len, out, &stopped);
+
+        free(reply);
+        if (r < 0 || !stopped || end == RUN_REPLY)
+                return r;
+        json_decref(out->result);
+        json_decref(out->error);
+        *out = (struct sched_outcome){ 0 };
+        outcome_ended(end, j, out);
+        log_info("job %" PRId64 ": %s; its command was stopped, CPU worker %u kept", j->id,
+                 end == RUN_TIMEOUT ? "timed out" : "interrupted", sl->index);
+        return 0;
+}
+
+/* Runs one job on the slot's worker. A job past its deadline or
+ * interrupted is stopped (slot_stop()); whatever else ends it without a
+ * reply kills the worker and replaces it at once. */
 static void slot_run(struct slot *sl, const struct job *j, struct sched_outcome *out)
 {
-        /* The timeout is the pool's to enforce, by killing the worker: a
-         * task busy computing is never asked to watch a clock. */
+        /* The pool's clock is the one that counts: a task busy computing is
+         * never asked to watch one. */
         double deadline = task_monotonic() + j->timeout;
-        enum run_end end = RUN_DEAD;
+        enum run_end end = RUN_DEAD, stop = RUN_DEAD;
         char *msg, *reply = NULL, what[128];
         size_t len;
         int r;
@@ -430,10 +500,10 @@ static void slot_run(struct slot *sl, const struct job *j, struct sched_outcome 
         free(msg);
         if (r == 0)
                 end = slot_wait(sl, deadline, &reply, &len);
-        if (end == RUN_REPLY) {
-                r = reply_parse(reply, len, out);
-                free(reply);
-                if (r == 0)
+        if (end == RUN_TIMEOUT || end == RUN_INTERRUPT)
+                stop = slot_stop(sl, &reply, &len);
+        if (end == RUN_REPLY || stop == RUN_REPLY) {
+                if (slot_take_reply(sl, j, end, reply, len, out) == 0)
                         return;
                 end = RUN_BAD_REPLY;
         }
@@ -441,14 +511,10 @@ static void slot_run(struct slot *sl, const struct job *j, struct sched_outcome 
         describe_status(slot_replace(sl, end == RUN_DEAD ? EXIT_WAIT : 0), what, sizeof(what));
         switch (end) {
         case RUN_TIMEOUT:
-                log_info("job %" PRId64 ": timed out after %g s; CPU worker %u killed", j->id, j->timeout,
-                         sl->index);
-                out->error = sched_error_new("timeout", "timed out after %g s", j->timeout);
-                out->retryable = true;
-                break;
         case RUN_INTERRUPT:
-                log_debug("job %" PRId64 ": interrupted; CPU worker %u killed", j->id, sl->index);
-                out->error = sched_error_new("cancelled", "stopped while running");
+                log_info("job %" PRId64 ": %s; CPU worker %u did not stop it and was killed", j->id,
+                         end == RUN_TIMEOUT ? "timed out" : "interrupted", sl->index);
+                outcome_ended(end, j, out);
                 break;
         case RUN_BAD_REPLY:
                 log_error("job %" PRId64 ": CPU worker %u sent a malformed reply; killed", j->id, sl->index);
@@ -552,6 +618,23 @@ static void *monitor_main(void *arg)
         }
 }
 
+/* The setup frame (daemon/worker.c); *ret malloc'd, the caller's. */
+static int setup_encode(char **ret)
+{
+        json_t *msg = json_pack("{s:{s:o}}", "setup", "exec", exec_settings_dump());
+        char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+
+        json_decref(msg);
+        if (!text)
+                return -ENOMEM;
+        if (strlen(text) > FRAME_MAX) {
+                free(text);
+                return -EMSGSIZE;
+        }
+        *ret = text;
+        return 0;
+}
+
 /* The monitor's epoll set with its stop eventfd in it. */
 static int monitor_setup(struct procpool *p)
 {
@@ -601,6 +684,8 @@ int procpool_start(struct sched *s, const struct procpool_options *o, struct pro
         p->exe = strdup(o->exe);
         if (!p->exe && r == 0)
                 r = -ENOMEM;
+        if (r == 0)
+                r = setup_encode(&p->setup);
         if (r == 0)
                 r = monitor_setup(p);
 
@@ -652,6 +737,7 @@ void procpool_stop(struct procpool *p)
         pthread_cond_destroy(&p->released);
         pthread_mutex_destroy(&p->lock);
         free(p->exe);
+        free(p->setup);
         free(p);
 }
 

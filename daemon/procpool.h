@@ -1,10 +1,12 @@
 /* The CPU pool: cpu_workers worker processes, each the daemon's own binary
  * started with posix_spawn in worker mode (never a bare fork of this
  * threaded process), each running one kind-cpu job at a time over a socket
- * pair. One supervising thread per worker feeds it, enforces the job's
- * timeout and cancel by SIGKILL, and replaces a worker that died or was
- * killed at once; the job then fails with "timeout", "cancelled" or
- * "crashed". */
+ * pair. One supervising thread per worker feeds it and enforces the job's
+ * timeout and cancel: it tells the worker to stop the job, and a worker that
+ * does not answer at once (a task busy computing) is killed with SIGKILL.
+ * A worker that died or was killed is replaced at once. The job then fails
+ * with "timeout", "cancelled" or "crashed". Workers get the exec settings
+ * (tasks/exec.h) as they are when the pool starts. */
 #ifndef FUTURED_PROCPOOL_H
 #define FUTURED_PROCPOOL_H
 

@@ -1,14 +1,15 @@
 /* The scheduler's memory of live jobs.
  *
  * Invariants, all under s->lock:
- * - Every job from the commit of its submission (or its recovery) to the
- *   commit of its end is in the id map, and in exactly one place: a ready
- *   heap of its kind (priority desc, id asc), a delayed heap of its kind
- *   (ready_at asc), a pool (running), or at the writer (requeueing or
- *   finishing). Each heap entry knows its position, so cancel is O(log n).
+ * - Every job from the commit of its submission (or its recovery, or the
+ *   load of its batch's page) to the commit of its end is in the id map,
+ *   and in exactly one place: a ready heap of its kind (priority desc, id
+ *   asc), a delayed heap of its kind (ready_at asc), a pool (running), or
+ *   at the writer (requeueing or finishing). Each heap entry knows its
+ *   position, so cancel is O(log n).
  * - Each heap of a kind has room for every live job of that kind, reserved
- *   at submission, so moving a job between heaps never allocates and cannot
- *   fail inside a writer callback.
+ *   at submission or load, so moving a job between heaps never allocates
+ *   and cannot fail inside a writer callback.
  * - At most one op of a job is at the writer at a time, so the writer reads
  *   job fields nobody is changing. A run that ends while its START is still
  *   at the writer parks its outcome until START's done().
@@ -17,7 +18,25 @@
  *   they may take locks of their own that are held around sched_submit().
  * Takers sleep on a condvar of their kind, with a deadline only when a
  * delayed job of that kind is due; stored times are wall-clock ms and are
- * turned into CLOCK_MONOTONIC deadlines for the waits. */
+ * turned into CLOCK_MONOTONIC deadlines for the waits.
+ *
+ * Batches (one struct sched_batch each, while the scheduler knows it):
+ * - Its jobs with id <= cursor have been read from the store; those still
+ *   unfinished are in the map. A job above the cursor is pending in the
+ *   store and nowhere here, unless it is a tombstone: a job cancelled while
+ *   not loaded, kept in the map (finishing, then gone) until the cursor
+ *   passes its id, so that a page read before its end was committed skips
+ *   it rather than run it, and a second cancel finds it.
+ * - The feeder thread reads one page at a time, outside the lock, and
+ *   inserts it under the lock. A batch is on its want list while fewer
+ *   than BATCH_PAGE / 2 of its jobs are queued, it is not closed, no page
+ *   of it is being read and the scheduler is not stopping.
+ * - Closed (a short page came, or the batch was cancelled): nothing more
+ *   is read; the record goes once nothing of it is held. A batch cancel
+ *   drops its queued jobs (pending in the store, where WOP_BATCH_CANCEL
+ *   ends them) and cancels its others one by one.
+ * - Batch jobs do not count toward max_pending; the pages bound them.
+ *   Batches are few next to jobs: they are found by a walk of a list. */
 #include "daemon/scheduler.h"
 
 #include <errno.h>
@@ -31,6 +50,11 @@
 #include "daemon/log.h"
 
 #define MAP_MIN_BUCKETS 1024
+/* Jobs of a batch loaded at most at once; the next page is read when
+ * fewer than half of it is left. */
+#define BATCH_PAGE 1024
+/* Seconds the feeder waits after the store refused a read. */
+#define FEED_RETRY_S 1.0
 /* Seconds sched_drain() waits for the writer to commit the requeues of the
  * runs it interrupted. */
 #define DRAIN_OPS_WAIT 5.0
@@ -44,6 +68,7 @@ enum sj_where {
         SJ_RUNNING,
         SJ_REQUEUEING,  /* REQUEUE at the writer */
         SJ_FINISHING,   /* end decided; FINISH at the writer or about to be */
+        SJ_GONE,        /* a tombstone whose end is committed */
 };
 
 /* Why the scheduler asked a run to stop. */
@@ -67,6 +92,23 @@ struct sched_job {
         bool op_busy;
         bool has_outcome;
         struct sched_outcome outcome;   /* parked while START is in flight */
+        struct sched_batch *batch;      /* NULL outside batches */
+        bool tomb;                      /* cancelled before it was loaded */
+        struct sched_job *tomb_next;    /* batch->tombs */
+};
+
+struct sched_batch {
+        int64_t id;
+        int priority;
+        int64_t cursor;                 /* highest job id read so far */
+        size_t queued;                  /* its jobs in a ready or delayed heap */
+        size_t held;                    /* its jobs in the map, tombstones too */
+        bool wanted;                    /* on the want list */
+        bool loading;                   /* a page of it is being read */
+        bool closed;                    /* nothing more to read */
+        struct sched_job *tombs;
+        struct sched_batch *prev, *next;        /* sched->batches */
+        struct sched_batch *want_next;
 };
 
 struct heap {
@@ -89,9 +131,28 @@ struct sched {
         size_t live[JOB_KIND__COUNT];           /* submitting or in the map */
         size_t submitting;
         size_t running[JOB_KIND__COUNT];
-        size_t ops;                             /* START/REQUEUE/FINISH in flight */
+        size_t ops;                             /* job and batch-cancel ops in flight */
         bool stopping;
         unsigned short rand[3];                 /* jitter, erand48 */
+
+        struct sched_batch *batches;
+        struct sched_batch *want_head, *want_tail;
+        size_t batch_queued;                    /* queued jobs of batches */
+        pthread_cond_t feed;                    /* the feeder */
+        bool feed_paused;                       /* after a failed read, until feed_resume */
+        struct timespec feed_resume;
+        pthread_t feeder;
+        /* The feeder thread's alone: */
+        struct store_reader *reader;
+        struct job *page[BATCH_PAGE];
+        size_t page_n;
+};
+
+/* A batch cancel's op and what the op names. */
+struct batch_cancel {
+        struct sched *sched;
+        struct sched_batch_cancel *c;
+        struct batch batch;
 };
 
 /* ---- heaps ---- */
@@ -278,13 +339,14 @@ static int cond_init_monotonic(pthread_cond_t *c)
         return -r;
 }
 
+/* Batch jobs do not count: their number is bounded by the pages. */
 static size_t sched_pending(const struct sched *s)
 {
         size_t n = s->submitting;
 
         for (int k = 0; k < JOB_KIND__COUNT; k++)
                 n += s->ready[k].n + s->delayed[k].n;
-        return n;
+        return n - s->batch_queued;
 }
 
 /* Something sched_drain() waits for: a run, or an op at the writer. */
@@ -337,11 +399,24 @@ static void sched_job_free(struct sched *s, struct sched_job *sj)
         free(sj);
 }
 
+/* Out of the map and freed. The caller settles its batch. */
+static void forget_job(struct sched *s, struct sched_job *sj)
+{
+        map_del(s, sj);
+        if (sj->batch)
+                sj->batch->held--;
+        sched_job_free(s, sj);
+}
+
 /* Into the ready or the delayed heap of its kind, and tells the takers. */
 static void queue_job(struct sched *s, struct sched_job *sj)
 {
         int k = sj->job->kind;
 
+        if (sj->batch) {
+                sj->batch->queued++;
+                s->batch_queued++;
+        }
         sj->stop = SJ_STOP_NONE;
         sj->interrupt = NULL;
         sj->interrupt_arg = NULL;
@@ -355,6 +430,80 @@ static void queue_job(struct sched *s, struct sched_job *sj)
                 heap_push(&s->ready[k], sj);
                 pthread_cond_signal(&s->wake[k]);
         }
+}
+
+/* Out of its ready or delayed heap. The caller settles its batch. */
+static void unqueue_job(struct sched *s, struct sched_job *sj)
+{
+        int k = sj->job->kind;
+
+        heap_remove(sj->where == SJ_READY ? &s->ready[k] : &s->delayed[k], sj);
+        if (sj->batch) {
+                sj->batch->queued--;
+                s->batch_queued--;
+        }
+}
+
+/* ---- batches ---- */
+
+static struct sched_batch *batch_find(struct sched *s, int64_t id)
+{
+        struct sched_batch *b = s->batches;
+
+        while (b && b->id != id)
+                b = b->next;
+        return b;
+}
+
+static void batch_forget(struct sched *s, struct sched_batch *b)
+{
+        if (b->prev)
+                b->prev->next = b->next;
+        else
+                s->batches = b->next;
+        if (b->next)
+                b->next->prev = b->prev;
+        free(b);
+}
+
+/* Frees the tombstones the feeder can no longer meet: those whose end is
+ * committed and that lie at or below the cursor, or all once closed. */
+static void batch_release_tombs(struct sched *s, struct sched_batch *b)
+{
+        struct sched_job **p = &b->tombs;
+
+        while (*p) {
+                struct sched_job *sj = *p;
+
+                if (sj->where == SJ_GONE && (b->closed || sj->job->id <= b->cursor)) {
+                        *p = sj->tomb_next;
+                        forget_job(s, sj);
+                } else
+                        p = &sj->tomb_next;
+        }
+}
+
+/* After anything of b changed: wants its next page, or forgets it. */
+static void batch_settle(struct sched *s, struct sched_batch *b)
+{
+        if (b->loading || b->wanted)
+                return;
+        batch_release_tombs(s, b);
+        if (b->closed) {
+                if (b->held == 0)
+                        batch_forget(s, b);
+                return;
+        }
+        if (s->stopping || b->queued >= BATCH_PAGE / 2)
+                return;
+        b->wanted = true;
+        b->want_next = NULL;
+        if (s->want_tail)
+                s->want_tail->want_next = b;
+        else
+                s->want_head = b;
+        s->want_tail = b;
+        pthread_cond_signal(&s->feed);
 }
 
 static void push_op(struct sched *s, struct sched_job *sj, enum wop_type type,
@@ -376,7 +525,8 @@ static void op_settle(struct sched *s, struct sched_job *sj, const struct wop *o
 {
         sj->op_busy = false;
         s->ops--;
-        if (op->result < 0)
+        /* a tombstone's job may have ended otherwise (a batch cancel) */
+        if (op->result < 0 && !(sj->tomb && op->result == -ENOENT))
                 log_errno(LOG_ERR, op->result, "job %lld: storing its %s failed",
                           (long long)sj->job->id,
                           op->type == WOP_START ? "start" : op->type == WOP_REQUEUE ? "requeue" : "end");
@@ -420,13 +570,21 @@ static void requeue_job(struct sched *s, struct sched_job *sj, int64_t ready_at)
         push_op(s, sj, WOP_REQUEUE, requeue_done);
 }
 
-static int64_t backoff_ms(struct sched *s, int attempts)
+/* The wait before the next attempt: exponential with jitter, but never
+ * shorter than what the failure asked for ("retry_after" seconds in the
+ * error, an HTTP server's Retry-After); retry_max caps both. */
+static int64_t backoff_ms(struct sched *s, int attempts, const json_t *error)
 {
         double d = s->o.retry_base * pow(2, attempts > 1 ? attempts - 1 : 0);
+        double asked = json_number_value(json_object_get(error, "retry_after"));
 
         if (d > s->o.retry_max)
                 d = s->o.retry_max;
         d *= 0.8 + 0.4 * erand48(s->rand);
+        if (asked > d)
+                d = asked;
+        if (d > s->o.retry_max)
+                d = s->o.retry_max;
         return (int64_t)(d * 1000);
 }
 
@@ -445,7 +603,7 @@ static void apply_outcome(struct sched *s, struct sched_job *sj, struct sched_ou
                 j->attempts--;
                 requeue_job(s, sj, job_now_ms());
         } else if (o->error && o->retryable && j->attempts < j->max_attempts)
-                requeue_job(s, sj, job_now_ms() + backoff_ms(s, j->attempts));
+                requeue_job(s, sj, job_now_ms() + backoff_ms(s, j->attempts, o->error));
         else
                 end_job(s, sj, JOB_FAILED, NULL,
                         o->error ? json_text(o->error) : strdup(NO_RESULT_ERROR));
@@ -486,23 +644,29 @@ static void requeue_done(struct wop *op)
         pthread_mutex_unlock(&s->lock);
 }
 
+/* A tombstone stays until the feeder cannot meet it any more. */
 static void finish_done(struct wop *op)
 {
         struct sched_job *sj = op->userdata;
         struct sched *s = sj->sched;
-        int64_t id = sj->job->id;
+        struct sched_batch *b = sj->batch;
+        int64_t id = sj->job->id, batch = sj->job->batch;
         bool stored = op->result == 0;
 
         pthread_mutex_lock(&s->lock);
         op_settle(s, sj, op);
-        map_del(s, sj);
-        sched_job_free(s, sj);
+        if (sj->tomb)
+                sj->where = SJ_GONE;
+        else
+                forget_job(s, sj);
+        if (b)
+                batch_settle(s, b);
         wake_drain(s);
         pthread_mutex_unlock(&s->lock);
 
         /* An end the store never took is nothing to announce. */
         if (stored && s->o.on_finished)
-                s->o.on_finished(id, s->o.userdata);
+                s->o.on_finished(id, batch, s->o.userdata);
 }
 
 /* The job is queued before the submitter hears, so a cancel that follows
@@ -534,6 +698,116 @@ static void submit_done(struct wop *op)
         pthread_mutex_unlock(&s->lock);
 }
 
+/* ---- the feeder ---- */
+
+static int page_add(struct job *j, void *userdata)
+{
+        struct sched *s = userdata;
+
+        s->page[s->page_n++] = j;
+        return 0;
+}
+
+/* Takes j (from the store) as a loaded job of b. */
+static int load_job(struct sched *s, struct sched_batch *b, struct job *j)
+{
+        struct sched_job *sj;
+        int r;
+
+        r = sched_job_new(s, j, &sj);
+        if (r < 0)
+                return r;
+        j->state = JOB_PENDING;
+        j->priority = b->priority;
+        sj->batch = b;
+        b->held++;
+        map_add(s, sj);
+        queue_job(s, sj);
+        return 0;
+}
+
+/* Under the lock: the page read after cursor with at most limit jobs
+ * (r: the read's result) goes in, unless the batch was closed or the
+ * scheduler stopped meanwhile. A job already in the map is a tombstone. */
+static void feed_insert(struct sched *s, struct sched_batch *b, int limit, int r)
+{
+        size_t i = 0;
+
+        if (r < 0) {
+                log_errno(LOG_ERR, r, "batch %lld: cannot read its pending jobs", (long long)b->id);
+                s->feed_paused = true;
+                s->feed_resume = monotonic_after(FEED_RETRY_S);
+        } else if (!s->stopping && !b->closed) {
+                for (; i < s->page_n; i++) {
+                        struct job *j = s->page[i];
+                        int64_t id = j->id;
+
+                        if (map_find(s, id))
+                                job_free(j);
+                        else if (load_job(s, b, j) < 0) {
+                                log_error("batch %lld: out of memory loading job %lld",
+                                          (long long)b->id, (long long)id);
+                                s->feed_paused = true;
+                                s->feed_resume = monotonic_after(FEED_RETRY_S);
+                                break;
+                        }
+                        b->cursor = id;
+                }
+                if (i == s->page_n && s->page_n < (size_t)limit)
+                        b->closed = true;
+        }
+        for (; i < s->page_n; i++)
+                job_free(s->page[i]);
+        s->page_n = 0;
+        b->loading = false;
+        batch_settle(s, b);
+}
+
+/* Under the lock, which it drops while it reads the store. */
+static void feed_batch(struct sched *s, struct sched_batch *b)
+{
+        int64_t after = b->cursor;
+        int limit = BATCH_PAGE - (int)b->queued;
+        int r;
+
+        b->loading = true;
+        pthread_mutex_unlock(&s->lock);
+        r = store_batch_pending(s->reader, b->id, after, limit, page_add, s);
+        pthread_mutex_lock(&s->lock);
+        feed_insert(s, b, limit, r);
+}
+
+static void *feeder_main(void *userdata)
+{
+        struct sched *s = userdata;
+        struct sched_batch *b;
+
+        pthread_mutex_lock(&s->lock);
+        while (!s->stopping) {
+                b = s->want_head;
+                if (!b) {
+                        pthread_cond_wait(&s->feed, &s->lock);
+                        continue;
+                }
+                if (s->feed_paused) {
+                        if (pthread_cond_timedwait(&s->feed, &s->lock, &s->feed_resume) == ETIMEDOUT)
+                                s->feed_paused = false;
+                        continue;
+                }
+                s->want_head = b->want_next;
+                if (!s->want_head)
+                        s->want_tail = NULL;
+                b->wanted = false;
+                /* closed or refilled (by requeues) since it was wanted */
+                if (b->closed || b->queued >= BATCH_PAGE / 2)
+                        batch_settle(s, b);
+                else
+                        feed_batch(s, b);
+        }
+        pthread_mutex_unlock(&s->lock);
+        return NULL;
+}
+
 /* ---- public ---- */
 
 int sched_new(const struct sched_options *o, struct sched **ret)
@@ -542,6 +816,8 @@ int sched_new(const struct sched_options *o, struct sched **ret)
         uint64_t seed;
         int k, r;
 
+        if (!o->store)
+                return -EINVAL;
         s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -559,26 +835,39 @@ int sched_new(const struct sched_options *o, struct sched **ret)
         seed = (uint64_t)job_now_ms() ^ ((uint64_t)getpid() << 32);
         memcpy(s->rand, &seed, sizeof(s->rand));
 
-        r = -pthread_mutex_init(&s->lock, NULL);
+        r = store_reader_open(o->store, &s->reader);
         if (r < 0)
                 goto fail_buckets;
+        r = -pthread_mutex_init(&s->lock, NULL);
+        if (r < 0)
+                goto fail_reader;
         r = cond_init_monotonic(&s->idle);
         if (r < 0)
                 goto fail_lock;
+        r = cond_init_monotonic(&s->feed);
+        if (r < 0)
+                goto fail_idle;
         for (k = 0; k < JOB_KIND__COUNT; k++) {
                 r = cond_init_monotonic(&s->wake[k]);
                 if (r < 0)
                         goto fail_conds;
         }
+        r = -pthread_create(&s->feeder, NULL, feeder_main, s);
+        if (r < 0)
+                goto fail_conds;
         *ret = s;
         return 0;
 
 fail_conds:
         while (k-- > 0)
                 pthread_cond_destroy(&s->wake[k]);
+        pthread_cond_destroy(&s->feed);
+fail_idle:
         pthread_cond_destroy(&s->idle);
 fail_lock:
         pthread_mutex_destroy(&s->lock);
+fail_reader:
+        store_reader_close(s->reader);
 fail_buckets:
         free(s->buckets);
         free(s);
@@ -589,6 +878,13 @@ void sched_free(struct sched *s)
 {
         if (!s)
                 return;
+        pthread_mutex_lock(&s->lock);
+        s->stopping = true;
+        pthread_cond_signal(&s->feed);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->feeder, NULL);
+        store_reader_close(s->reader);
+
         for (size_t i = 0; i < s->nbuckets; i++)
                 while (s->buckets[i]) {
                         struct sched_job *sj = s->buckets[i];
@@ -598,12 +894,19 @@ void sched_free(struct sched *s)
                         json_decref(sj->outcome.error);
                         sched_job_free(s, sj);
                 }
+        while (s->batches) {
+                struct sched_batch *b = s->batches;
+
+                s->batches = b->next;
+                free(b);
+        }
         for (int k = 0; k < JOB_KIND__COUNT; k++) {
                 free(s->ready[k].v);
                 free(s->delayed[k].v);
                 pthread_cond_destroy(&s->wake[k]);
         }
         free(s->buckets);
+        pthread_cond_destroy(&s->feed);
         pthread_cond_destroy(&s->idle);
         pthread_mutex_destroy(&s->lock);
         free(s);
@@ -655,57 +958,201 @@ int sched_submit(struct sched *s, struct sched_submission *sub)
         return r;
 }
 
-int sched_cancel(struct sched *s, int64_t id)
+/* The cancel of a job in the map, as sched_cancel() answers it. */
+static int cancel_job(struct sched *s, struct sched_job *sj)
 {
-        struct sched_job *sj;
-        int r = -ENOENT;
-
-        pthread_mutex_lock(&s->lock);
-        sj = map_find(s, id);
-        if (!sj)
-                goto out;
         switch (sj->where) {
         case SJ_READY:
-                heap_remove(&s->ready[sj->job->kind], sj);
-                end_cancelled(s, sj);
-                r = 0;
-                break;
         case SJ_DELAYED:
-                heap_remove(&s->delayed[sj->job->kind], sj);
+                unqueue_job(s, sj);
                 end_cancelled(s, sj);
-                r = 0;
-                break;
+                return 0;
         case SJ_REQUEUEING:
                 /* ends cancelled once the requeue is committed */
                 sj->stop = SJ_STOP_CANCEL;
-                r = 0;
-                break;
+                return 0;
         case SJ_RUNNING:
                 /* an earlier cancel already stopped it */
-                if (sj->stop == SJ_STOP_CANCEL) {
-                        r = -EALREADY;
-                        break;
-                }
+                if (sj->stop == SJ_STOP_CANCEL)
+                        return -EALREADY;
                 /* a run stopped by drain is already interrupted */
                 if (sj->stop == SJ_STOP_NONE && sj->interrupt)
                         sj->interrupt(sj->interrupt_arg);
                 sj->stop = SJ_STOP_CANCEL;
-                r = -EINPROGRESS;
-                break;
+                return -EINPROGRESS;
         case SJ_FINISHING:
                 /* A run that ended while its START was at the writer parks
                  * its outcome; a retryable one would run again, so the
                  * cancel must still count. */
                 if (sj->has_outcome && sj->stop != SJ_STOP_CANCEL) {
                         sj->stop = SJ_STOP_CANCEL;
-                        r = 0;
+                        return 0;
                 }
-                break;
+                return -ENOENT;
         case SJ_SUBMITTING:
+        case SJ_GONE:
                 break;
         }
+        return -ENOENT;
+}
+
+/* A job of a known batch above its cursor is pending in the store: its end
+ * is committed from a tombstone (see the head comment). */
+static int cancel_unloaded(struct sched *s, int64_t id, int64_t batch)
+{
+        struct sched_batch *b = batch_find(s, batch);
+        struct sched_job *sj;
+        struct job *j;
+        int r;
+
+        if (!b || b->closed || id <= b->cursor)
+                return -ENOENT;
+        j = job_new();
+        if (!j)
+                return -ENOMEM;
+        j->id = id;
+        j->batch = batch;
+        r = sched_job_new(s, j, &sj);
+        if (r < 0) {
+                job_free(j);
+                return r;
+        }
+        sj->batch = b;
+        sj->tomb = true;
+        sj->tomb_next = b->tombs;
+        b->tombs = sj;
+        b->held++;
+        map_add(s, sj);
+        end_cancelled(s, sj);
+        return 0;
+}
+
+int sched_cancel(struct sched *s, int64_t id, int64_t batch)
+{
+        struct sched_job *sj;
+        int r = -ENOENT;
+
+        pthread_mutex_lock(&s->lock);
+        sj = map_find(s, id);
+        if (sj) {
+                r = cancel_job(s, sj);
+                if (sj->batch)
+                        batch_settle(s, sj->batch);
+        } else if (batch != 0)
+                r = cancel_unloaded(s, id, batch);
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+int sched_add_batch(struct sched *s, int64_t batch, int priority)
+{
+        struct sched_batch *b;
+        int r = 0;
+
+        pthread_mutex_lock(&s->lock);
+        if (batch_find(s, batch))
+                goto out;
+        b = calloc(1, sizeof(*b));
+        if (!b) {
+                r = -ENOMEM;
+                goto out;
+        }
+        b->id = batch;
+        b->priority = priority;
+        b->next = s->batches;
+        if (s->batches)
+                s->batches->prev = b;
+        s->batches = b;
+        batch_settle(s, b);
 out:
         pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+/* Stops what of b is held: queued jobs are dropped (they are pending in
+ * the store, where the batch cancel ends them), the others cancelled as
+ * one by one. */
+static void batch_stop_jobs(struct sched *s, struct sched_batch *b)
+{
+        for (size_t i = 0; i < s->nbuckets; i++) {
+                struct sched_job *sj, *next;
+
+                for (sj = s->buckets[i]; sj; sj = next) {
+                        next = sj->hash_next;
+                        if (sj->batch != b)
+                                continue;
+                        if (sj->where == SJ_READY || sj->where == SJ_DELAYED) {
+                                unqueue_job(s, sj);
+                                forget_job(s, sj);
+                        } else
+                                cancel_job(s, sj);
+                }
+        }
+}
+
+/* Chunk after chunk until one comes back short. The batch cancel is
+ * counted in ops so that sched_drain() waits for it. */
+static void batch_cancel_done(struct wop *op)
+{
+        struct batch_cancel *bc = op->userdata;
+        struct sched *s = bc->sched;
+        struct sched_batch_cancel *c = bc->c;
+
+        if (op->result == 0 && op->count > 0 && s->o.on_finished)
+                s->o.on_finished(0, c->batch, s->o.userdata);
+        if (op->result == 0 && op->count == WRITER_CHUNK) {
+                writer_push(s->o.writer, op);
+                return;
+        }
+        if (op->result < 0)
+                log_errno(LOG_ERR, op->result, "batch %lld: storing its cancel failed",
+                          (long long)c->batch);
+
+        pthread_mutex_lock(&s->lock);
+        s->ops--;
+        wake_drain(s);
+        pthread_mutex_unlock(&s->lock);
+        c->result = op->result;
+        free(bc);
+        c->done(c);
+}
+
+int sched_cancel_batch(struct sched *s, struct sched_batch_cancel *c)
+{
+        struct sched_batch *b;
+        struct batch_cancel *bc;
+        int r = 0;
+
+        bc = calloc(1, sizeof(*bc));
+        if (!bc)
+                return -ENOMEM;
+        bc->sched = s;
+        bc->c = c;
+        bc->batch.id = c->batch;
+
+        pthread_mutex_lock(&s->lock);
+        if (s->stopping) {
+                r = -ESHUTDOWN;
+                goto out;
+        }
+        b = batch_find(s, c->batch);
+        if (b) {
+                b->closed = true;
+                batch_stop_jobs(s, b);
+                batch_settle(s, b);
+        }
+        c->op = (struct wop) {
+                .type = WOP_BATCH_CANCEL,
+                .batch = &bc->batch,
+                .done = batch_cancel_done,
+                .userdata = bc,
+        };
+        s->ops++;
+        writer_push(s->o.writer, &c->op);
+out:
+        pthread_mutex_unlock(&s->lock);
+        if (r < 0)
+                free(bc);
         return r;
 }
 
@@ -748,7 +1195,9 @@ struct sched_job *sched_take(struct sched *s, enum job_kind kind,
         }
 
         sj = heap_top(&s->ready[kind]);
-        heap_remove(&s->ready[kind], sj);
+        unqueue_job(s, sj);
+        if (sj->batch)
+                batch_settle(s, sj->batch);
         j = sj->job;
         sj->where = SJ_RUNNING;
         sj->stop = SJ_STOP_NONE;
@@ -793,6 +1242,7 @@ void sched_drain(struct sched *s, double grace)
         s->stopping = true;
         for (int k = 0; k < JOB_KIND__COUNT; k++)
                 pthread_cond_broadcast(&s->wake[k]);
+        pthread_cond_signal(&s->feed);
 
         while (sched_busy(s))
                 if (pthread_cond_timedwait(&s->idle, &s->lock, &deadline) == ETIMEDOUT)

@@ -7,7 +7,12 @@
  * Order: higher priority first, then older id. A job that failed with a
  * retryable error waits its backoff (base * 2^(attempts-1), capped, with
  * +-20 % jitter) out of the ready queues. One mutex guards everything; no
- * call here blocks on I/O while holding it. */
+ * call here blocks on I/O while holding it.
+ *
+ * Batches are not held whole: a sealed batch's pending jobs stay in the
+ * store and a feeder thread loads them a page at a time, in id (item)
+ * order, outside the lock, whenever fewer than a page of the batch is
+ * loaded. Memory is bounded by the pages in flight, not by batch size. */
 #ifndef FUTURED_SCHEDULER_H
 #define FUTURED_SCHEDULER_H
 
@@ -16,6 +21,7 @@
 #include <jansson.h>
 
 #include "storage/job.h"
+#include "storage/store.h"
 #include "storage/writer.h"
 
 struct sched;
@@ -26,8 +32,11 @@ struct sched_options {
         size_t max_pending;             /* submissions past this get -EAGAIN */
         double retry_base;              /* seconds */
         double retry_max;               /* seconds */
-        /* Called on the writer thread once a job's end is committed. */
-        void (*on_finished)(int64_t id, void *userdata);
+        struct store *store;            /* the feeder opens its own reader */
+        /* Called on the writer thread once a job's end is committed; batch is
+         * the job's batch, 0 for none. id 0: many jobs of batch ended at once
+         * (a batch cancel), each with its own seq. */
+        void (*on_finished)(int64_t id, int64_t batch, void *userdata);
         void *userdata;
 };
 
@@ -55,12 +64,40 @@ struct sched_submission {
  * (stopping), and done() is not called and the job is the caller's again. */
 int sched_submit(struct sched *s, struct sched_submission *sub);
 
-/* 0: the job was pending, its cancellation is being committed; -EINPROGRESS:
- * it is running and has been told to stop; -EALREADY: it is running and an
- * earlier call already told it to stop (this call changed nothing);
- * -ENOENT: not held here (finished, finishing, or unknown). Each of the first
- * three ends in on_finished(id). */
-int sched_cancel(struct sched *s, int64_t id);
+/* Cancels job id; batch is its batch as the store has it (0: none), so a
+ * batch job not loaded yet is found too. 0: the job was pending, its
+ * cancellation is being committed; -EINPROGRESS: it is running and has been
+ * told to stop; -EALREADY: it is running and an earlier call already told it
+ * to stop (this call changed nothing); -ENOENT: not held here (finished,
+ * finishing, or unknown). Each of the first three ends in on_finished(id). */
+int sched_cancel(struct sched *s, int64_t id, int64_t batch);
+
+/* ---- batches ---- */
+
+/* A sealed batch whose pending jobs are in the store (after its SEAL
+ * committed, or at recovery): they run in id order at the batch's
+ * priority. An empty or finished batch is accepted and forgotten. Never
+ * blocks on I/O; may be called from a writer done(). -ENOMEM. */
+int sched_add_batch(struct sched *s, int64_t batch, int priority);
+
+struct sched_batch_cancel {
+        int64_t batch;          /* in */
+        /* Out, when done() runs (writer thread): 0 every pending job of the
+         * batch is cancelled and committed, and every running one told to
+         * stop; -EIO the store failed. */
+        int result;
+        void (*done)(struct sched_batch_cancel *c);
+        void *userdata;
+        struct wop op;          /* private */
+};
+
+/* Cancels what has not finished of a sealed batch: stops feeding it,
+ * drops its loaded pending and delayed jobs, commits the cancellation of
+ * every pending one in the store (WOP_BATCH_CANCEL, chunk after chunk, each
+ * chunk announced with on_finished(0, batch)), interrupts its running jobs
+ * (each ends cancelled with its own on_finished). 0, and done() follows;
+ * -ESHUTDOWN while stopping (done() not called). */
+int sched_cancel_batch(struct sched *s, struct sched_batch_cancel *c);
 
 /* ---- the pools' side ---- */
 
@@ -93,7 +130,7 @@ void sched_finish(struct sched *s, struct sched_job *sj, struct sched_outcome *o
 void sched_drain(struct sched *s, double grace);
 
 struct sched_stats {
-        size_t pending[JOB_KIND__COUNT];        /* ready to run */
+        size_t pending[JOB_KIND__COUNT];        /* ready to run, loaded */
         size_t delayed;                         /* waiting for a retry */
         size_t running[JOB_KIND__COUNT];
 };

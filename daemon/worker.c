@@ -1,18 +1,31 @@
 /* A CPU worker process: `futured --worker`, started by procpool.c with the
  * job socket on fd 3 and default signal dispositions and mask.
  *
- * Protocol, one frame each way per job (daemon/frame.h):
- *   job:   {"task": name, "args": {...}}
+ * Protocol (daemon/frame.h frames), daemon to worker:
+ *   setup: {"setup": {"exec": settings}}       once, first: what the config
+ *          says about commands (tasks/exec.h), so a worker never reads it
+ *   job:   {"task": name, "args": {...}, "timeout": seconds}
+ *   stop:  {"stop": true}                      at most once per job, after it
+ * worker to daemon, one per job:
  *   reply: {"result": any}
  *       or {"error": {"type", "message", ...detail}, "retryable": bool}
+ *       plus "stopped": true when a stop came before the reply was sent.
+ * A task that waits on something (exec, in poll) sees a stop as the socket
+ * turning readable and ends at once; one that computes never looks, and the
+ * daemon kills this process when no reply comes soon after its stop. A stop
+ * that arrives after the reply is read and ignored before the next job. The
+ * job's timeout is enforced here too, through the task's deadline, but the
+ * daemon's clock is the one that counts.
+ *
  * End of file on the socket is the order to exit 0. Anything else that goes
  * wrong with the protocol exits non-zero, which the pool reports as a crash:
- * a worker in doubt must not keep running jobs. The job's timeout and its
- * cancellation are the pool's: it kills this process. */
+ * a worker in doubt must not keep running jobs. */
 #include "daemon/worker.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +34,7 @@
 
 #include "daemon/frame.h"
 #include "daemon/log.h"
+#include "tasks/exec.h"
 #include "tasks/task.h"
 
 /* Returns the reply for a run that failed; err->detail is consumed. */
@@ -45,52 +59,81 @@ static json_t *reply_error(struct task_error *err)
         return json_pack("{s:o, s:b}", "error", error, "retryable", err->retryable);
 }
 
-/* Runs one job message and returns its reply (the caller's), or NULL when
- * the message is malformed or memory ran out. */
-static json_t *worker_run(const char *msg, size_t len)
+/* Runs one job and returns its reply (the caller's), or NULL when the job
+ * is malformed or memory ran out. */
+static json_t *worker_run(json_t *job)
 {
         struct task_error err = { .type = "task_error" };
         struct task_ctx *ctx = NULL;
-        json_t *job, *args, *result = NULL, *reply = NULL;
+        json_t *args, *result = NULL, *reply = NULL;
         const char *name;
         const struct task *t;
         json_error_t jerr;
+        double timeout;
         int r;
 
-        job = json_loadb(msg, len, 0, &jerr);
-        if (!job) {
-                log_error("worker: unreadable job: %s", jerr.text);
-                return NULL;
-        }
-        if (json_unpack_ex(job, &jerr, JSON_STRICT, "{s:s, s:o}", "task", &name, "args", &args) < 0) {
+        if (json_unpack_ex(job, &jerr, JSON_STRICT, "{s:s, s:o, s:F}", "task", &name, "args", &args,
+                           "timeout", &timeout) < 0) {
                 log_error("worker: malformed job: %s", jerr.text);
-                goto finish;
+                return NULL;
         }
         if (!json_is_object(args)) {
                 log_error("worker: malformed job: args is not an object");
-                goto finish;
+                return NULL;
         }
 
         t = task_find(name);
         if (!t) {
                 task_fail(&err, "task_error", false, "unknown task \"%s\"", name);
-                reply = reply_error(&err);
-                goto finish;
+                return reply_error(&err);
         }
-        r = task_ctx_new(0, &ctx);
+        r = task_ctx_new(timeout > 0 ? task_monotonic() + timeout : 0, &ctx);
         if (r < 0) {
                 log_errno(LOG_ERR, r, "worker: cannot make a task context");
-                goto finish;
+                return NULL;
         }
         r = t->run(ctx, args, &result, &err);
         if (r < 0)
                 reply = reply_error(&err);
         else
                 reply = json_pack("{s:o}", "result", result ? result : json_null());
-finish:
         task_ctx_free(ctx);
-        json_decref(job);
+        if (!reply)
+                log_error("worker: out of memory building a reply");
         return reply;
+}
+
+/* Whether the daemon said something (a stop) or hung up while the job ran. */
+static bool stop_pending(int fd)
+{
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+
+        return poll(&pfd, 1, 0) > 0;
+}
+
+/* Takes the setup frame that precedes every job. */
+static int worker_setup(int fd)
+{
+        json_t *msg = NULL, *exec;
+        char *text, err[256];
+        size_t len;
+        int r;
+
+        r = frame_read(fd, &text, &len);
+        if (r < 0)
+                return r == -EPIPE ? r : log_errno(LOG_ERR, r, "worker: reading the setup");
+        msg = json_loadb(text, len, 0, NULL);
+        free(text);
+        if (json_unpack(msg, "{s:{s:o}}", "setup", "exec", &exec) < 0) {
+                json_decref(msg);
+                log_error("worker: malformed setup");
+                return -EBADMSG;
+        }
+        r = exec_worker_init(exec, fd, err, sizeof(err));
+        json_decref(msg);
+        if (r < 0)
+                log_error("worker: exec settings: %s", err);
+        return r;
 }
 
 /* Returns the encoded reply (malloc'd, the caller's) or NULL on ENOMEM. A
@@ -118,6 +161,8 @@ static char *reply_encode(json_t *reply)
 
 int worker_main(int fd)
 {
+        int r;
+
         /* The death signal follows the spawning thread, which outlives this
          * worker. A daemon that died before prctl() closed its end of the
          * socket, so the first frame_read() sees end of file and we exit;
@@ -126,27 +171,53 @@ int worker_main(int fd)
                 log_errno(LOG_ERR, -errno, "worker: prctl(PR_SET_PDEATHSIG)");
                 return EXIT_FAILURE;
         }
+        /* A terminal's Ctrl-C goes to the whole foreground group, workers
+         * included; the daemon answers it with a clean stop that requeues
+         * running jobs, which a worker dying first would turn into crashes.
+         * The daemon ends its workers itself. */
+        signal(SIGINT, SIG_IGN);
+        /* A command that stops reading its stdin must fail a write with
+         * EPIPE, not kill the worker. */
+        signal(SIGPIPE, SIG_IGN);
         /* Commands a task runs must not hold the job socket open. */
         if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
                 log_errno(LOG_ERR, -errno, "worker: fcntl(FD_CLOEXEC) on fd %d", fd);
                 return EXIT_FAILURE;
         }
 
-        for (;;) {
-                char *msg, *text;
-                size_t len;
-                json_t *reply;
-                int r;
+        r = worker_setup(fd);
+        if (r < 0)
+                return r == -EPIPE ? EXIT_SUCCESS : EXIT_FAILURE;
 
-                r = frame_read(fd, &msg, &len);
+        for (;;) {
+                json_t *msg, *reply;
+                char *text;
+                size_t len;
+
+                r = frame_read(fd, &text, &len);
                 if (r == -EPIPE)
-                        return EXIT_SUCCESS;
+                        break;
                 if (r < 0) {
                         log_errno(LOG_ERR, r, "worker: reading a job");
                         return EXIT_FAILURE;
                 }
-                reply = worker_run(msg, len);
-                free(msg);
+                msg = json_loadb(text, len, 0, NULL);
+                free(text);
+                if (!msg) {
+                        log_error("worker: unreadable message");
+                        return EXIT_FAILURE;
+                }
+                /* A stop that crossed the reply to its job. */
+                if (json_is_true(json_object_get(msg, "stop"))) {
+                        json_decref(msg);
+                        continue;
+                }
+                reply = worker_run(msg);
+                json_decref(msg);
+                if (reply && stop_pending(fd) && json_object_set_new(reply, "stopped", json_true()) < 0) {
+                        json_decref(reply);
+                        reply = NULL;
+                }
                 if (!reply)
                         return EXIT_FAILURE;
                 text = reply_encode(reply);
@@ -158,10 +229,12 @@ int worker_main(int fd)
                 r = frame_write(fd, text, strlen(text));
                 free(text);
                 if (r == -EPIPE)
-                        return EXIT_SUCCESS;
+                        break;
                 if (r < 0) {
                         log_errno(LOG_ERR, r, "worker: writing a reply");
                         return EXIT_FAILURE;
                 }
         }
+        exec_cleanup();
+        return EXIT_SUCCESS;
 }

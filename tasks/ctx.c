@@ -3,8 +3,9 @@
  * is set only when the task is told of the deadline, so a pool can tell a run
  * that gave up for its deadline from one that failed on its own just past
  * it. The condvar runs on CLOCK_MONOTONIC so a wall-clock jump neither
- * shortens nor stretches a sleep. The deadline never changes after
- * task_ctx_new(), so it is read without the lock. */
+ * shortens nor stretches a sleep. The waker is called under the lock, so
+ * clearing it is enough to know it no longer runs. The deadline never
+ * changes after task_ctx_new(), so it is read without the lock. */
 #include "tasks/task.h"
 
 #include <errno.h>
@@ -21,6 +22,8 @@ struct task_ctx {
         bool stopped;
         bool timed_out;
         double deadline;
+        void (*waker)(void *arg);
+        void *waker_arg;
 };
 
 double task_monotonic(void)
@@ -90,7 +93,22 @@ void task_ctx_stop(struct task_ctx *c)
         pthread_mutex_lock(&c->lock);
         c->stopped = true;
         pthread_cond_broadcast(&c->cond);
+        if (c->waker)
+                c->waker(c->waker_arg);
         pthread_mutex_unlock(&c->lock);
+}
+
+void task_ctx_set_waker(struct task_ctx *c, void (*fn)(void *arg), void *arg)
+{
+        pthread_mutex_lock(&c->lock);
+        c->waker = fn;
+        c->waker_arg = arg;
+        pthread_mutex_unlock(&c->lock);
+}
+
+double task_ctx_deadline(const struct task_ctx *c)
+{
+        return c->deadline;
 }
 
 /* Asked to stop, or out of time: either way the task should give up. */

@@ -5,11 +5,15 @@
 
 #include <string.h>
 
+extern const struct task task_exec;
+extern const struct task task_http;
 extern const struct task task_noop;
 extern const struct task task_sleep;
 extern const struct task task_sqrt_sum;
 
 static const struct task *const tasks[] = {
+        &task_exec,
+        &task_http,
         &task_noop,
         &task_sleep,
         &task_sqrt_sum,

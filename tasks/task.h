@@ -4,7 +4,8 @@
  * run() is called on an I/O pool thread (kind io) or inside a CPU worker
  * process (kind cpu). On a thread it must honour its context: give up when
  * task_ctx_stopped() says so, and wait only through task_ctx_sleep(). In a
- * worker the context never stops: the pool kills the process instead. */
+ * worker the context carries the job's deadline; the pool stops a task by a
+ * stop frame, then by killing the process. */
 #ifndef FUTURED_TASK_H
 #define FUTURED_TASK_H
 
@@ -66,6 +67,13 @@ void task_ctx_free(struct task_ctx *c);
  * for long: callable under other locks. */
 void task_ctx_stop(struct task_ctx *c);
 bool task_ctx_stopped(struct task_ctx *c);
+/* For a task that waits outside task_ctx_sleep() (in poll, say): has
+ * task_ctx_stop() call fn(arg), or nobody when fn is NULL. fn runs under the
+ * ctx's lock, so it must be quick and must not call the ctx; once this
+ * returns, a previous fn is no longer running. */
+void task_ctx_set_waker(struct task_ctx *c, void (*fn)(void *arg), void *arg);
+/* The deadline given to task_ctx_new(), to bound such a wait. */
+double task_ctx_deadline(const struct task_ctx *c);
 /* Whether task_ctx_stopped() or task_ctx_sleep() has told the task that the
  * deadline passed (and it was not stopped): a failed run then failed for
  * its deadline, whatever error it reports. */

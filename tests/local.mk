@@ -5,7 +5,10 @@ UNIT_TESTS = \
 	tests/unit/test_spec \
 	tests/unit/test_scheduler \
 	tests/unit/test_pools \
-	tests/unit/test_config
+	tests/unit/test_config \
+	tests/unit/test_http \
+	tests/unit/test_exec \
+	tests/unit/test_hub
 
 check_PROGRAMS += $(UNIT_TESTS)
 UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) -DFUTURED_BIN=\"$(abs_top_builddir)/futured\"
@@ -21,6 +24,12 @@ tests_unit_test_pools_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_pools_LDADD = $(UNIT_LDADD)
 tests_unit_test_config_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_config_LDADD = $(UNIT_LDADD)
+tests_unit_test_http_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_http_LDADD = $(UNIT_LDADD)
+tests_unit_test_exec_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_exec_LDADD = $(UNIT_LDADD)
+tests_unit_test_hub_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_hub_LDADD = $(UNIT_LDADD)
 
 E2E_TESTS = \
 	tests/e2e/test_jobs.py \
@@ -28,7 +37,11 @@ E2E_TESTS = \
 	tests/e2e/test_durability.py \
 	tests/e2e/test_concurrency.py \
 	tests/e2e/test_bad_requests.py \
-	tests/e2e/test_lifecycle.py
+	tests/e2e/test_lifecycle.py \
+	tests/e2e/test_exec.py \
+	tests/e2e/test_batches.py \
+	tests/e2e/test_streams.py \
+	tests/e2e/test_wait.py
 
 TESTS += $(UNIT_TESTS) $(E2E_TESTS)
 EXTRA_DIST += $(E2E_TESTS) tests/e2e/harness.py

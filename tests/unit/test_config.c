@@ -102,6 +102,8 @@ static void test_bad_input(void **state)
                 { NULL, "--synchronous", "sometimes", "synchronous" },
                 { NULL, "--default-timeout", "nan", "default_timeout" },
                 { NULL, "--max-body", "5T", "max_body" },
+                { NULL, "--retention", "0", "retention" },
+                { NULL, "--db", "", "db must be" },
                 { NULL, "--no-such-flag", "1", "unknown option" },
                 { "[pools]\nthreads = 4\n", NULL, NULL, "unknown key 'threads'" },
                 { "[nowhere]\nio_threads = 4\n", NULL, NULL, "section [nowhere]" },
@@ -124,6 +126,26 @@ static void test_bad_input(void **state)
                 if (!strstr(err, cases[i].expect))
                         fail_msg("case %zu: '%s' does not mention '%s'", i, err, cases[i].expect);
         }
+}
+
+/* Lists may be empty (the default), and keep their words as written. */
+static void test_lists(void **state)
+{
+        struct config c;
+        char err[256] = "";
+
+        assert_int_equal(parse(&c, err, sizeof(err), NULL), 0);
+        assert_string_equal(c.allow, "");
+        assert_int_equal(c.max_response, 16 << 20);
+        write_conf("[http]\nallow = https://a.example/v1/ http://127.0.0.1:9/\n"
+                   "auth = a.example=/etc/k\nmax_response = 1M\n"
+                   "[jobs]\nretention = 60\nmax_batch_items = 5000\n");
+        assert_int_equal(parse(&c, err, sizeof(err), "-c", conf_path, "--auth", "", NULL), 0);
+        assert_string_equal(c.allow, "https://a.example/v1/ http://127.0.0.1:9/");
+        assert_string_equal(c.auth, "");
+        assert_int_equal(c.max_response, 1 << 20);
+        assert_true(c.retention == 60);
+        assert_int_equal(c.max_batch_items, 5000);
 }
 
 static void test_missing_file(void **state)
@@ -170,6 +192,7 @@ int main(void)
                 cmocka_unit_test(test_file_then_flags),
                 cmocka_unit_test(test_flag_order_does_not_matter),
                 cmocka_unit_test(test_bad_input),
+                cmocka_unit_test(test_lists),
                 cmocka_unit_test(test_missing_file),
                 cmocka_unit_test(test_retry_bounds),
         };

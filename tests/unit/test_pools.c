@@ -2,8 +2,9 @@
  * processes (the built futured binary in worker mode), in parallel; a
  * timeout, a cancel or a killed worker fails the job with its reason and the
  * pool replaces the worker; a worker that dies idle is reaped and replaced
- * with no job to notice it; stopping the pool leaves no child behind. And
- * daemon/frame.c, the framing both sides speak.
+ * with no job to notice it; stopping the pool leaves no child behind. An
+ * exec job's timeout or cancel kills its command, and the same worker takes
+ * the next job. And daemon/frame.c, the framing both sides speak.
  *
  * The tests share one pool on a real store, writer and scheduler, and run in
  * order: the last one stops the pool. */
@@ -31,6 +32,7 @@
 #include "daemon/scheduler.h"
 #include "storage/store.h"
 #include "storage/writer.h"
+#include "tasks/exec.h"
 #include "tasks/task.h"
 
 #define WORKERS 2
@@ -55,7 +57,7 @@ static struct {
         .cond = PTHREAD_COND_INITIALIZER,
 };
 
-static void on_finished(int64_t id, void *userdata)
+static void on_finished(int64_t id, int64_t batch, void *userdata)
 {
         pthread_mutex_lock(&t.lock);
         if (t.nfinished < sizeof(t.finished) / sizeof(t.finished[0]))
@@ -261,14 +263,28 @@ static int setup(void **state)
                 .on_finished = on_finished,
         };
         struct procpool_options po = { .workers = WORKERS, .exe = FUTURED_BIN };
+        static const struct exec_command commands[] = {
+                /* The shell's pid is the command's; it becomes sleep. */
+                { "hang", "/bin/sh -c \"echo $$ > hang.pid; exec /bin/sleep 60\"" },
+                { "ppid", "/bin/sh -c \"echo $PPID\"" },
+        };
+        char err[256];
 
         if (!mkdtemp(t.dir))
                 return -1;
+        /* Before the pool starts: it hands the settings to its workers. */
+        if (exec_configure(&(struct exec_options){ .commands = commands, .n_commands = 2,
+                                                   .work_dir = t.dir },
+                           err, sizeof(err)) < 0) {
+                fprintf(stderr, "exec_configure: %s\n", err);
+                return -1;
+        }
         snprintf(t.db, sizeof(t.db), "%s/jobs.db", t.dir);
         if (store_open(&so, &t.store) < 0 || store_reader_open(t.store, &t.reader) < 0 ||
             writer_start(t.store, &t.writer) < 0)
                 return -1;
         sco.writer = t.writer;
+        sco.store = t.store;
         if (sched_new(&sco, &t.sched) < 0 || procpool_start(t.sched, &po, &t.pool) < 0)
                 return -1;
         return 0;
@@ -285,6 +301,7 @@ static int teardown(void **state)
         sched_free(t.sched);
         store_reader_close(t.reader);
         store_close(t.store);
+        exec_cleanup();
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", t.dir);
         return system(cmd) == 0 ? 0 : -1;
 }
@@ -417,12 +434,90 @@ static void test_cancel_running(void **state)
         struct job *j;
 
         wait_busy(1);
-        assert_int_equal(sched_cancel(t.sched, id), -EINPROGRESS);
+        assert_int_equal(sched_cancel(t.sched, id, 0), -EINPROGRESS);
         j = wait_job(id, 30);
         assert_int_equal(j->state, JOB_CANCELLED);
         assert_int_equal(restarts(), before + 1);
         job_free(j);
         assert_pool_works();
+}
+
+/* The hang command's pid, once it has written it. */
+static pid_t hang_pid(void)
+{
+        struct timespec pause = { .tv_nsec = 5 * 1000 * 1000 };
+        char path[128];
+        long pid = 0;
+
+        snprintf(path, sizeof(path), "%s/hang.pid", t.dir);
+        for (int i = 0; i < 2000 && pid == 0; i++) {
+                FILE *f = fopen(path, "re");
+
+                if (!f || fscanf(f, "%ld", &pid) != 1)
+                        nanosleep(&pause, NULL);
+                if (f)
+                        fclose(f);
+        }
+        if (pid == 0)
+                fail_msg("the hang command never started");
+        unlink(path);
+        return (pid_t)pid;
+}
+
+/* After a stopped exec job: no worker was replaced, the command is gone
+ * (its worker reaped it), and the next job runs on one of the same workers. */
+static void assert_workers_kept(const pid_t *old, unsigned n, uint64_t before, pid_t command)
+{
+        struct job *j;
+        json_t *result;
+        pid_t pid;
+
+        assert_int_equal(restarts(), before);
+        for (unsigned i = 0; i < n; i++)
+                assert_true(is_worker(old[i]));
+        assert_int_equal(kill(command, 0), -1);
+        assert_int_equal(errno, ESRCH);
+
+        j = wait_job(submit("exec", "{\"command\": \"ppid\"}", 10), 30);
+        assert_int_equal(j->state, JOB_SUCCEEDED);
+        result = job_json(j->result);
+        pid = (pid_t)strtol(json_string_value(json_object_get(result, "stdout")), NULL, 10);
+        json_decref(result);
+        job_free(j);
+        assert_true(is_worker(pid));
+}
+
+static void test_exec_timeout_keeps_worker(void **state)
+{
+        pid_t pids[WORKERS];
+        unsigned n = procpool_pids(t.pool, pids, WORKERS);
+        uint64_t before = restarts();
+        double t0 = task_monotonic();
+        struct job *j;
+
+        assert_int_equal(n, WORKERS);
+        j = wait_job(submit("exec", "{\"command\": \"hang\"}", 0.5), 30);
+        assert_error(j, JOB_FAILED, "timeout", "timed out after 0.5 s");
+        assert_true(task_monotonic() - t0 < 3.0);
+        job_free(j);
+        assert_workers_kept(pids, n, before, hang_pid());
+}
+
+static void test_exec_cancel_keeps_worker(void **state)
+{
+        pid_t pids[WORKERS], command;
+        unsigned n = procpool_pids(t.pool, pids, WORKERS);
+        uint64_t before = restarts();
+        int64_t id = submit("exec", "{\"command\": \"hang\"}", 600);
+        struct job *j;
+
+        assert_int_equal(n, WORKERS);
+        command = hang_pid();
+        assert_int_equal(sched_cancel(t.sched, id, 0), -EINPROGRESS);
+        j = wait_job(id, 30);
+        assert_int_equal(j->state, JOB_CANCELLED);
+        job_free(j);
+        assert_workers_kept(pids, n, before, command);
 }
 
 /* Killing every worker: the busy one fails its job as crashed, the idle one
@@ -486,6 +581,8 @@ int main(void)
                 cmocka_unit_test(test_idle_death),
                 cmocka_unit_test(test_timeout_kills),
                 cmocka_unit_test(test_cancel_running),
+                cmocka_unit_test(test_exec_timeout_keeps_worker),
+                cmocka_unit_test(test_exec_cancel_keeps_worker),
                 cmocka_unit_test(test_crash),
                 cmocka_unit_test(test_stop_leaves_no_child),
         };

@@ -1,7 +1,11 @@
 /* The scheduler and the I/O pool against a real store and writer in a
  * temporary directory. Nothing sleeps: the test waits on its own condvar,
- * woken by submission done(), on_finished() and the writer's commit hook,
- * each wait with a bounded deadline. */
+ * woken by submission done(), on_finished(), writer op done() and the
+ * writer's commit hook, each wait with a bounded deadline. The feeder
+ * announces nothing, so waits also re-check every POLL_MS for predicates
+ * over sched_get_stats(). Batches are
+ * stored through the writer as the api stores them (OPEN, ITEMS, SEAL) and
+ * run by a fake pool of threads that take and finish jobs at once. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -15,6 +19,7 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+#include <sqlite3.h>
 
 #include "daemon/iopool.h"
 #include "daemon/scheduler.h"
@@ -23,7 +28,13 @@
 #include "tasks/task.h"
 
 #define MAX_FINISHED 64
-#define WAIT_S 5.0
+#define WAIT_S 30.0
+#define POLL_MS 5
+/* The scheduler's page of a batch (BATCH_PAGE in scheduler.c) and the slack
+ * the tests allow above it. */
+#define PAGE 1024
+#define PAGE_SLACK 64
+#define ITEMS_CHUNK 1000
 
 struct fixture {
         char dir[64];
@@ -36,9 +47,18 @@ struct fixture {
 
         pthread_mutex_t lock;
         pthread_cond_t cond;            /* CLOCK_MONOTONIC */
-        int64_t finished[MAX_FINISHED];
-        size_t nfinished;
+        int64_t finished[MAX_FINISHED];        /* the first ones */
+        size_t nfinished;                       /* all, batch chunks aside */
+        size_t nchunks;                         /* on_finished(0, batch) */
         unsigned commits;
+        /* The batch under test: its ids are base .. base + n - 1. */
+        int64_t batch;
+        int64_t base;
+        size_t n;
+        unsigned *ended;                        /* on_finished per job */
+        unsigned *taken;                        /* sched_take per job */
+        bool batch_cancelled;
+        int batch_cancel_result;
 };
 
 struct test_sub {
@@ -61,13 +81,23 @@ static int commit_hook(void)
         return 0;
 }
 
-static void on_finished(int64_t id, void *userdata)
+/* Runs on the writer thread: no cmocka assert here, the test checks the
+ * counts. */
+static void on_finished(int64_t id, int64_t batch, void *userdata)
 {
         struct fixture *fx = userdata;
 
         pthread_mutex_lock(&fx->lock);
-        assert_true(fx->nfinished < MAX_FINISHED);
-        fx->finished[fx->nfinished++] = id;
+        if (id == 0 && batch == fx->batch)
+                fx->nchunks++;
+        else if (id != 0) {
+                if (fx->nfinished < MAX_FINISHED)
+                        fx->finished[fx->nfinished] = id;
+                fx->nfinished++;
+                if (fx->ended && batch == fx->batch && id >= fx->base &&
+                    id < fx->base + (int64_t)fx->n)
+                        fx->ended[id - fx->base]++;
+        }
         pthread_cond_broadcast(&fx->cond);
         pthread_mutex_unlock(&fx->lock);
 }
@@ -93,17 +123,21 @@ static double now_s(void)
 static bool wait_until(struct fixture *fx, bool (*pred)(struct fixture *fx, const void *arg),
                        const void *arg)
 {
-        struct timespec ts;
+        double deadline = now_s() + WAIT_S;
         bool ok;
 
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += (time_t)WAIT_S;
         pthread_mutex_lock(&fx->lock);
-        while (!(ok = pred(fx, arg)))
-                if (pthread_cond_timedwait(&fx->cond, &fx->lock, &ts) == ETIMEDOUT) {
-                        ok = pred(fx, arg);
-                        break;
+        while (!(ok = pred(fx, arg)) && now_s() < deadline) {
+                struct timespec ts;
+
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                ts.tv_nsec += POLL_MS * 1000000L;
+                if (ts.tv_nsec >= 1000000000L) {
+                        ts.tv_sec++;
+                        ts.tv_nsec -= 1000000000L;
                 }
+                pthread_cond_timedwait(&fx->cond, &fx->lock, &ts);
+        }
         pthread_mutex_unlock(&fx->lock);
         return ok;
 }
@@ -115,7 +149,7 @@ static bool sub_done(struct fixture *fx, const void *arg)
 
 static bool finished_id(struct fixture *fx, const void *arg)
 {
-        for (size_t i = 0; i < fx->nfinished; i++)
+        for (size_t i = 0; i < fx->nfinished && i < MAX_FINISHED; i++)
                 if (fx->finished[i] == *(const int64_t *)arg)
                         return true;
         return false;
@@ -179,6 +213,8 @@ static int teardown(void **state)
                 unlink(p);
         }
         rmdir(fx->dir);
+        free(fx->ended);
+        free(fx->taken);
         pthread_cond_destroy(&fx->cond);
         pthread_mutex_destroy(&fx->lock);
         free(fx);
@@ -192,6 +228,7 @@ static void start_sched(struct fixture *fx, size_t max_pending)
                 .max_pending = max_pending,
                 .retry_base = 0.05,
                 .retry_max = 1,
+                .store = fx->store,
                 .on_finished = on_finished,
                 .userdata = fx,
         };
@@ -336,9 +373,9 @@ static void test_cancel_pending(void **state)
 
         start_sched(fx, 100);
         id = submit(fx, make_job("noop", "{}", 10, 1, 0));
-        assert_int_equal(sched_cancel(fx->sched, id), 0);
+        assert_int_equal(sched_cancel(fx->sched, id, 0), 0);
         wait_finished(fx, id);
-        assert_int_equal(sched_cancel(fx->sched, id), -ENOENT);
+        assert_int_equal(sched_cancel(fx->sched, id, 0), -ENOENT);
         sched_get_stats(fx->sched, &st);
         assert_int_equal(st.pending[JOB_KIND_IO], 0);
 
@@ -363,7 +400,7 @@ static void test_cancel_running_io(void **state)
         assert_true(wait_until(fx, io_running, &one));
 
         t0 = now_s();
-        assert_int_equal(sched_cancel(fx->sched, id), -EINPROGRESS);
+        assert_int_equal(sched_cancel(fx->sched, id, 0), -EINPROGRESS);
         wait_finished(fx, id);
         assert_true(now_s() - t0 < 1.0);
 
@@ -438,7 +475,7 @@ static void test_max_pending(void **state)
         assert_int_equal(submit_async(fx, extra, &ts[3]), -EAGAIN);
         job_free(extra);
 
-        assert_int_equal(sched_cancel(fx->sched, ts[0].id), 0);
+        assert_int_equal(sched_cancel(fx->sched, ts[0].id, 0), 0);
         wait_finished(fx, ts[0].id);
         submit(fx, make_job("noop", "{}", 10, 1, 0));
 }
@@ -528,6 +565,463 @@ static void test_timeout(void **state)
         job_free(j);
 }
 
+/* ---- batches ---- */
+
+struct writer_call {
+        struct wop op;
+        struct fixture *fx;
+        bool done;
+};
+
+static void writer_call_done(struct wop *op)
+{
+        struct writer_call *wc = op->userdata;
+
+        pthread_mutex_lock(&wc->fx->lock);
+        wc->done = true;
+        pthread_cond_broadcast(&wc->fx->cond);
+        pthread_mutex_unlock(&wc->fx->lock);
+}
+
+static bool call_done(struct fixture *fx, const void *arg)
+{
+        return ((const struct writer_call *)arg)->done;
+}
+
+/* Pushes op to the writer and waits for its done(); returns its result. */
+static int writer_call(struct fixture *fx, const struct wop *op)
+{
+        struct writer_call wc = { .op = *op, .fx = fx };
+
+        wc.op.done = writer_call_done;
+        wc.op.userdata = &wc;
+        writer_push(fx->writer, &wc.op);
+        assert_true(wait_until(fx, call_done, &wc));
+        return wc.op.result;
+}
+
+/* Stores a sealed batch of n noop jobs as the api does (OPEN, ITEMS, SEAL)
+ * and makes it the fixture's batch under test. */
+static void store_batch(struct fixture *fx, size_t n, int priority)
+{
+        struct job *chunk[ITEMS_CHUNK];
+        struct batch *b = batch_new();
+        int64_t base = 0;
+
+        assert_non_null(b);
+        b->priority = priority;
+        assert_int_equal(writer_call(fx, &(struct wop) { .type = WOP_BATCH_OPEN, .batch = b }), 0);
+        for (size_t i = 0; i < n; i += ITEMS_CHUNK) {
+                size_t m = n - i < ITEMS_CHUNK ? n - i : ITEMS_CHUNK;
+
+                for (size_t k = 0; k < m; k++) {
+                        /* two attempts, so that recovery requeues a run */
+                        chunk[k] = make_job("noop", "{}", 10, 2, priority);
+                        chunk[k]->batch = b->id;
+                        chunk[k]->index = (int64_t)(i + k);
+                }
+                assert_int_equal(writer_call(fx, &(struct wop) {
+                                                         .type = WOP_BATCH_ITEMS,
+                                                         .batch = b,
+                                                         .jobs = chunk,
+                                                         .n_jobs = m,
+                                                 }), 0);
+                if (i == 0)
+                        base = chunk[0]->id;
+                /* a fresh store numbers them one after the other */
+                assert_int_equal(chunk[m - 1]->id, base + (int64_t)(i + m - 1));
+                for (size_t k = 0; k < m; k++)
+                        job_free(chunk[k]);
+        }
+        b->size = (int64_t)n;
+        assert_int_equal(writer_call(fx, &(struct wop) { .type = WOP_BATCH_SEAL, .batch = b }), 0);
+
+        pthread_mutex_lock(&fx->lock);
+        fx->batch = b->id;
+        fx->base = base;
+        fx->n = n;
+        fx->ended = calloc(n, sizeof(*fx->ended));
+        fx->taken = calloc(n, sizeof(*fx->taken));
+        pthread_mutex_unlock(&fx->lock);
+        assert_non_null(fx->ended);
+        assert_non_null(fx->taken);
+        batch_free(b);
+}
+
+static struct batch *stored_batch(struct fixture *fx)
+{
+        struct batch *b = NULL;
+
+        assert_int_equal(store_get_batch(fx->reader, fx->batch, &b), 0);
+        return b;
+}
+
+static bool io_pending(struct fixture *fx, const void *arg)
+{
+        struct sched_stats st;
+
+        sched_get_stats(fx->sched, &st);
+        return st.pending[JOB_KIND_IO] == *(const size_t *)arg;
+}
+
+/* Threads that take io jobs and succeed them at once, noting what the
+ * scheduler held after each take. */
+struct fake_pool {
+        struct fixture *fx;
+        pthread_t threads[4];
+        size_t nthreads;
+        size_t max_loaded;      /* ready and delayed */
+        int64_t last;           /* the batch job taken last */
+        bool in_order;          /* each batch job taken after those before it */
+};
+
+static void *fake_pool_main(void *arg)
+{
+        struct fake_pool *fp = arg;
+        struct fixture *fx = fp->fx;
+        struct sched_job *sj;
+
+        while ((sj = sched_take(fx->sched, JOB_KIND_IO, no_interrupt, NULL))) {
+                struct sched_outcome o = { .result = json_object() };
+                int64_t id = sched_job_job(sj)->id;
+                struct sched_stats st;
+                size_t loaded;
+
+                sched_get_stats(fx->sched, &st);
+                loaded = st.pending[JOB_KIND_IO] + st.delayed;
+                pthread_mutex_lock(&fx->lock);
+                if (loaded > fp->max_loaded)
+                        fp->max_loaded = loaded;
+                if (id >= fx->base && id < fx->base + (int64_t)fx->n) {
+                        fx->taken[id - fx->base]++;
+                        if (id <= fp->last)
+                                fp->in_order = false;
+                        fp->last = id;
+                }
+                pthread_mutex_unlock(&fx->lock);
+                sched_finish(fx->sched, sj, &o);
+        }
+        return NULL;
+}
+
+static void fake_pool_start(struct fake_pool *fp, struct fixture *fx, size_t threads)
+{
+        *fp = (struct fake_pool) { .fx = fx, .nthreads = threads, .in_order = true };
+        for (size_t i = 0; i < threads; i++)
+                assert_int_equal(pthread_create(&fp->threads[i], NULL, fake_pool_main, fp), 0);
+}
+
+static void fake_pool_stop(struct fake_pool *fp)
+{
+        sched_drain(fp->fx->sched, 1);
+        for (size_t i = 0; i < fp->nthreads; i++)
+                pthread_join(fp->threads[i], NULL);
+}
+
+/* Every job of the batch under test announced once, and taken as often as
+ * said (except those in skip, never taken). */
+static void assert_batch_ended(struct fixture *fx, const int64_t *skip, size_t nskip)
+{
+        for (size_t i = 0; i < fx->n; i++) {
+                unsigned taken = 1;
+
+                for (size_t k = 0; k < nskip; k++)
+                        if (fx->base + (int64_t)i == skip[k])
+                                taken = 0;
+                assert_int_equal(fx->ended[i], 1);
+                assert_int_equal(fx->taken[i], taken);
+        }
+}
+
+static void test_batch_runs_in_order(void **state)
+{
+        struct fixture *fx = *state;
+        struct fake_pool fp;
+        size_t n = 5000, page = PAGE, all = n + 1;
+        struct batch *b;
+        int64_t lone;
+
+        /* batch jobs do not count toward max_pending */
+        start_sched(fx, 1);
+        store_batch(fx, n, 0);
+        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
+        assert_true(wait_until(fx, io_pending, &page));
+        lone = submit(fx, make_job("noop", "{}", 10, 1, 9));
+
+        fake_pool_start(&fp, fx, 1);
+        assert_true(wait_until(fx, finished_count, &all));
+        fake_pool_stop(&fp);
+
+        /* the lone job's priority put it first */
+        assert_int_equal(fx->finished[0], lone);
+        assert_true(fp.in_order);
+        assert_true(fp.max_loaded >= PAGE / 2);
+        assert_true(fp.max_loaded <= PAGE + PAGE_SLACK);
+        assert_batch_ended(fx, NULL, 0);
+        b = stored_batch(fx);
+        assert_int_equal(b->counts[JOB_SUCCEEDED], n);
+        assert_true(b->finished_at > 0);
+        batch_free(b);
+}
+
+static void test_batch_cancel_unloaded(void **state)
+{
+        struct fixture *fx = *state;
+        struct fake_pool fp;
+        size_t n = 3000, page = PAGE;
+        int64_t far, near;
+        struct batch *b;
+        struct job *j;
+
+        start_sched(fx, 100);
+        store_batch(fx, n, 0);
+        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
+        assert_true(wait_until(fx, io_pending, &page));
+        far = fx->base + 2000;
+        near = fx->base + 10;
+
+        assert_int_equal(sched_cancel(fx->sched, far, fx->batch), 0);
+        wait_finished(fx, far);
+        assert_int_equal(sched_cancel(fx->sched, far, fx->batch), -ENOENT);
+        assert_int_equal(sched_cancel(fx->sched, near, fx->batch), 0);
+        wait_finished(fx, near);
+        assert_int_equal(sched_cancel(fx->sched, near, fx->batch), -ENOENT);
+        assert_int_equal(sched_cancel(fx->sched, far, fx->batch + 1), -ENOENT);
+
+        fake_pool_start(&fp, fx, 3);
+        assert_true(wait_until(fx, finished_count, &n));
+        fake_pool_stop(&fp);
+
+        assert_batch_ended(fx, (const int64_t[]) { far, near }, 2);
+        j = stored(fx, far);
+        assert_int_equal(j->state, JOB_CANCELLED);
+        assert_int_equal(j->attempts, 0);
+        assert_error(j, "cancelled", "cancelled by request");
+        job_free(j);
+        b = stored_batch(fx);
+        assert_int_equal(b->counts[JOB_SUCCEEDED], n - 2);
+        assert_int_equal(b->counts[JOB_CANCELLED], 2);
+        batch_free(b);
+}
+
+static void batch_cancel_done(struct sched_batch_cancel *c)
+{
+        struct fixture *fx = c->userdata;
+
+        pthread_mutex_lock(&fx->lock);
+        fx->batch_cancelled = true;
+        fx->batch_cancel_result = c->result;
+        pthread_cond_broadcast(&fx->cond);
+        pthread_mutex_unlock(&fx->lock);
+}
+
+static bool batch_cancelled(struct fixture *fx, const void *arg)
+{
+        return fx->batch_cancelled;
+}
+
+static void finish_success(struct fixture *fx, struct sched_job *sj)
+{
+        struct sched_outcome o = { .result = json_object() };
+
+        sched_finish(fx->sched, sj, &o);
+}
+
+/* More than WRITER_CHUNK jobs pending, so the cancel takes two chunks. */
+static void test_batch_cancel_while_running(void **state)
+{
+        struct fixture *fx = *state;
+        size_t n = WRITER_CHUNK + 2000, page = PAGE, zero = 0;
+        struct sched_batch_cancel c = { .done = batch_cancel_done, .userdata = fx };
+        struct sched_job *sj[3];
+        int64_t id[3];
+        struct batch *b;
+        struct job *j;
+
+        start_sched(fx, 100);
+        store_batch(fx, n, 0);
+        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
+        assert_true(wait_until(fx, io_pending, &page));
+        for (int i = 0; i < 3; i++) {
+                sj[i] = sched_take(fx->sched, JOB_KIND_IO, no_interrupt, NULL);
+                assert_non_null(sj[i]);
+                id[i] = sched_job_job(sj[i])->id;
+                assert_int_equal(id[i], fx->base + i);
+        }
+        finish_success(fx, sj[0]);
+        wait_finished(fx, id[0]);
+
+        c.batch = fx->batch;
+        assert_int_equal(sched_cancel_batch(fx->sched, &c), 0);
+        assert_true(wait_until(fx, batch_cancelled, NULL));
+        assert_int_equal(fx->batch_cancel_result, 0);
+        assert_int_equal(fx->nchunks, 2);
+        assert_true(wait_until(fx, io_pending, &zero));
+        assert_int_equal(sched_cancel(fx->sched, id[1], fx->batch), -EALREADY);
+        assert_int_equal(sched_cancel(fx->sched, fx->base + 5000, fx->batch), -ENOENT);
+
+        /* runs told to stop end cancelled whatever they report */
+        finish_success(fx, sj[1]);
+        finish_success(fx, sj[2]);
+        wait_finished(fx, id[1]);
+        wait_finished(fx, id[2]);
+
+        for (size_t i = 0; i < n; i++)
+                assert_int_equal(fx->ended[i], i < 3 ? 1 : 0);
+        j = stored(fx, id[2]);
+        assert_int_equal(j->state, JOB_CANCELLED);
+        job_free(j);
+        b = stored_batch(fx);
+        assert_int_equal(b->counts[JOB_SUCCEEDED], 1);
+        assert_int_equal(b->counts[JOB_CANCELLED], n - 1);
+        assert_true(b->finished_at > 0);
+        batch_free(b);
+}
+
+/* What store_recover() hands over, in the fixture's test. */
+struct recovered {
+        int64_t batch;
+        int priority;
+        size_t batches;
+        size_t jobs;
+};
+
+static int recovered_job(struct job *j, void *userdata)
+{
+        ((struct recovered *)userdata)->jobs++;
+        job_free(j);
+        return 0;
+}
+
+static int recovered_batch(int64_t batch, int priority, void *userdata)
+{
+        struct recovered *rec = userdata;
+
+        rec->batch = batch;
+        rec->priority = priority;
+        rec->batches++;
+        return 0;
+}
+
+/* As if the daemon died while these jobs ran. */
+static void mark_running(struct fixture *fx, int64_t first, int64_t last)
+{
+        char sql[128];
+        sqlite3 *db;
+
+        snprintf(sql, sizeof(sql), "UPDATE jobs SET state = 'running', attempts = 1 "
+                 "WHERE id BETWEEN %lld AND %lld", (long long)first, (long long)last);
+        assert_int_equal(sqlite3_open(fx->path, &db), SQLITE_OK);
+        sqlite3_busy_timeout(db, 5000);
+        assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+}
+
+static bool loaded_after_recovery(struct fixture *fx, const void *arg)
+{
+        struct sched_stats st;
+
+        sched_get_stats(fx->sched, &st);
+        return st.delayed == 2 && st.pending[JOB_KIND_IO] == PAGE - 2;
+}
+
+/* Recovery's jobs that were running wait their ready_at, loaded like the
+ * others, fed before any pool runs or op is pushed. */
+static void test_batch_recovered(void **state)
+{
+        struct fixture *fx = *state;
+        struct recovered rec = { .batches = 0 };
+        struct fake_pool fp;
+        size_t n = 1500;
+        struct batch *b;
+
+        store_batch(fx, n, 3);
+        writer_stop(fx->writer);
+        fx->writer = NULL;
+        mark_running(fx, fx->base, fx->base + 1);
+        assert_int_equal(store_recover(fx->store, &(struct store_recovery) {
+                                                          .retry_delay_ms = 300,
+                                                          .job = recovered_job,
+                                                          .batch = recovered_batch,
+                                                          .userdata = &rec,
+                                                  }), 0);
+        assert_int_equal(rec.jobs, 0);
+        assert_int_equal(rec.batches, 1);
+        assert_int_equal(rec.batch, fx->batch);
+        assert_int_equal(rec.priority, 3);
+
+        assert_int_equal(writer_start(fx->store, &fx->writer), 0);
+        start_sched(fx, 100);
+        assert_int_equal(sched_add_batch(fx->sched, rec.batch, rec.priority), 0);
+        assert_true(wait_until(fx, loaded_after_recovery, NULL));
+
+        fake_pool_start(&fp, fx, 2);
+        assert_true(wait_until(fx, finished_count, &n));
+        fake_pool_stop(&fp);
+
+        assert_batch_ended(fx, NULL, 0);
+        for (int64_t id = fx->base; id < fx->base + 2; id++) {
+                struct job *j = stored(fx, id);
+
+                assert_int_equal(j->state, JOB_SUCCEEDED);
+                assert_int_equal(j->attempts, 2);
+                assert_true(j->started_at >= j->ready_at);
+                job_free(j);
+        }
+        b = stored_batch(fx);
+        assert_int_equal(b->counts[JOB_SUCCEEDED], n);
+        batch_free(b);
+}
+
+/* Cancels spread over the batch while the feeder reads and the pool runs:
+ * whatever each cancel met, every job ends once, and none runs after its
+ * end was committed: each take of a job cancelled as pending (0) is a
+ * START the store took, so none of those is lost to a START refused
+ * (-ENOENT) for a job already cancelled. */
+static void test_batch_cancel_racing(void **state)
+{
+        struct fixture *fx = *state;
+        size_t n = 5000, cancelled = 0;
+        int64_t pending[64];
+        size_t npending = 0;
+        struct fake_pool fp;
+        struct batch *b;
+
+        start_sched(fx, 100);
+        store_batch(fx, n, 0);
+        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
+        fake_pool_start(&fp, fx, 3);
+        for (size_t i = 7; i < n; i += 97) {
+                int r = sched_cancel(fx->sched, fx->base + (int64_t)i, fx->batch);
+
+                if (r == 0) {
+                        assert_true(npending < 64);
+                        pending[npending++] = fx->base + (int64_t)i;
+                } else if (r != -EINPROGRESS)
+                        assert_int_equal(r, -ENOENT);
+                if (r == 0 || r == -EINPROGRESS)
+                        cancelled++;
+        }
+        assert_true(wait_until(fx, finished_count, &n));
+        fake_pool_stop(&fp);
+
+        for (size_t i = 0; i < n; i++) {
+                assert_int_equal(fx->ended[i], 1);
+                assert_true(fx->taken[i] <= 1);
+        }
+        for (size_t k = 0; k < npending; k++) {
+                struct job *j = stored(fx, pending[k]);
+
+                assert_int_equal(j->state, JOB_CANCELLED);
+                assert_int_equal(j->attempts, fx->taken[pending[k] - fx->base]);
+                job_free(j);
+        }
+        b = stored_batch(fx);
+        assert_int_equal(b->counts[JOB_CANCELLED], cancelled);
+        assert_int_equal(b->counts[JOB_SUCCEEDED], n - cancelled);
+        batch_free(b);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -540,6 +1034,11 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_drain_requeues, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_iopool_parallel, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_runs_in_order, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_cancel_unloaded, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_cancel_while_running, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_cancel_racing, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_recovered, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,720 @@
+/* /v1/batches: submit (a JSON body or an NDJSON stream), read, cancel,
+ * delete.
+ *
+ * Both forms of a submission feed one upload, stored in steps
+ * (storage/batch.h): OPEN once the first chunk is full or the items end,
+ * ITEMS for each chunk of UPLOAD_CHUNK jobs, SEAL at the end; once anything
+ * goes wrong after OPEN, ABORT, so a refused batch leaves nothing. One op
+ * is in flight at a time and the connection is suspended while it is: an
+ * NDJSON upload reads no more of its body until its chunk is committed, so
+ * it holds one chunk of jobs and one line, whatever its size.
+ *
+ * Ownership: the upload is the request's (req->ctx) and holds the op in
+ * flight. The request cannot be freed while that op is in flight: its
+ * connection is suspended (MHD does not look at a suspended connection,
+ * and api_stop() waits until none is), and done() touches nothing after
+ * request_wake(). A request freed while its batch is open (the client went
+ * away mid-upload, between ops) hands the upload to an ABORT op instead of
+ * freeing it; that op's done() frees it. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "api/reply.h"
+#include "api/request.h"
+#include "api/routes.h"
+#include "api/spec.h"
+#include "daemon/log.h"
+#include "daemon/scheduler.h"
+#include "storage/batch.h"
+#include "storage/store.h"
+#include "storage/writer.h"
+
+/* Jobs per ITEMS op: the memory an upload holds, and a commit per chunk. */
+#define UPLOAD_CHUNK 4096
+
+/* The fields of a JSON batch; all but items and jobs are the items'
+ * defaults. */
+static const char *const batch_fields[] = {
+        "task", "kind", "timeout", "max_attempts", "priority", "items", "jobs", NULL,
+};
+
+enum upload_failure {
+        UPLOAD_OK,
+        UPLOAD_ITEM,            /* a bad item: 400 naming it */
+        UPLOAD_TOO_MANY,        /* past max_batch_items: 413 */
+        UPLOAD_REFUSED,         /* the body was refused (request.c): its answer */
+        UPLOAD_WRITE,           /* the store or memory failed: error */
+};
+
+struct upload {
+        struct request *req;            /* NULL once the request is gone */
+        struct api *api;
+        struct batch *batch;            /* owned */
+        struct spec_defaults defaults;
+        struct job *jobs[UPLOAD_CHUNK]; /* the chunk being filled, owned */
+        size_t n_jobs;
+        int64_t items;                  /* so far: the index of the next */
+        /* The JSON form: the array and the next item of it to take. */
+        const json_t *array;            /* borrowed from req->json */
+        bool items_form;                /* array holds args, not job specs */
+        json_t *wrapper;                /* {"args": item}, reused; owned */
+        size_t next;
+        struct wop op;
+        bool in_flight;                 /* op pushed; done() resumes the request */
+        bool open;                      /* OPEN committed, not yet sealed or aborted */
+        /* The first failure, answered once the batch is gone. */
+        enum upload_failure failure;
+        int error;                      /* UPLOAD_WRITE */
+        struct spec_error err;          /* UPLOAD_ITEM */
+        int64_t err_index;
+        int64_t err_line;               /* 0: not NDJSON */
+};
+
+static void drop_jobs(struct upload *u)
+{
+        while (u->n_jobs > 0)
+                job_free(u->jobs[--u->n_jobs]);
+}
+
+static void upload_destroy(struct upload *u)
+{
+        drop_jobs(u);
+        batch_free(u->batch);
+        json_decref(u->wrapper);
+        free(u);
+}
+
+/* The writer thread. */
+static void upload_done(struct wop *op)
+{
+        struct upload *u = op->userdata;
+
+        if (!u->req) {
+                /* The abort of an upload whose request is gone. */
+                upload_destroy(u);
+                return;
+        }
+        request_wake(u->req);
+}
+
+static void upload_push(struct upload *u, enum wop_type type)
+{
+        u->op = (struct wop) {
+                .type = type,
+                .batch = u->batch,
+                .jobs = u->jobs,
+                .n_jobs = type == WOP_BATCH_ITEMS ? u->n_jobs : 0,
+                .done = upload_done,
+                .userdata = u,
+        };
+        u->in_flight = true;
+        /* Suspended first, so done() always finds it suspended. */
+        if (u->req)
+                request_suspend(u->req);
+        writer_push(u->api->d.writer, &u->op);
+}
+
+static void fail_write(struct upload *u, int r)
+{
+        if (u->failure)
+                return;
+        u->failure = UPLOAD_WRITE;
+        u->error = r;
+}
+
+static void fail_item(struct upload *u, int r, const struct spec_error *err, int64_t line)
+{
+        if (u->failure)
+                return;
+        if (r == -ENOMEM) {
+                fail_write(u, r);
+                return;
+        }
+        u->failure = UPLOAD_ITEM;
+        u->err = *err;
+        u->err_index = u->items;
+        u->err_line = line;
+}
+
+/* Takes in what the op in flight did, once it is done. */
+static void upload_settle(struct upload *u)
+{
+        int r = u->op.result, k;
+
+        if (!u->in_flight)
+                return;
+        u->in_flight = false;
+        switch (u->op.type) {
+        case WOP_BATCH_OPEN:
+                u->open = r == 0;
+                break;
+        case WOP_BATCH_ITEMS:
+                if (r == 0)
+                        drop_jobs(u);
+                break;
+        case WOP_BATCH_SEAL:
+                if (r != 0)
+                        break;
+                u->open = false;
+                /* The batch is durable now: its jobs run whatever this
+                 * returns, at the latest after a restart. */
+                k = sched_add_batch(u->api->d.sched, u->batch->id, u->batch->priority);
+                if (k < 0)
+                        log_error("batch %lld: not scheduled until a restart: %s",
+                                  (long long) u->batch->id, strerror(-k));
+                break;
+        default:
+                /* ABORT: whatever came of it, the batch is not open any
+                 * more for this upload (recovery deletes one that stayed). */
+                u->open = false;
+                return;
+        }
+        if (r < 0)
+                fail_write(u, r);
+}
+
+/* req->ctx_free: the request ends. */
+static void upload_release(void *ctx)
+{
+        struct upload *u = ctx;
+
+        if (!u)
+                return;
+        /* An op that ended after the last run of the handler. */
+        upload_settle(u);
+        if (!u->open) {
+                upload_destroy(u);
+                return;
+        }
+        u->req = NULL;
+        drop_jobs(u);
+        upload_push(u, WOP_BATCH_ABORT);
+}
+
+/* Pushes the op due next: true when one was pushed (the request is
+ * suspended); false when none is: the upload takes more items, or, when
+ * ending, it is over (sealed, or failed with nothing left stored). */
+static bool upload_push_next(struct upload *u, bool ending)
+{
+        if (u->failure) {
+                if (!u->open)
+                        return false;
+                upload_push(u, WOP_BATCH_ABORT);
+                return true;
+        }
+        if (u->batch->sealed || (u->n_jobs < UPLOAD_CHUNK && !ending))
+                return false;
+        if (!u->open)
+                upload_push(u, WOP_BATCH_OPEN);
+        else if (u->n_jobs > 0) {
+                for (size_t i = 0; i < u->n_jobs; i++)
+                        u->jobs[i]->batch = u->batch->id;
+                upload_push(u, WOP_BATCH_ITEMS);
+        } else {
+                u->batch->size = u->items;
+                upload_push(u, WOP_BATCH_SEAL);
+        }
+        return true;
+}
+
+static bool upload_step(struct upload *u, bool ending)
+{
+        upload_settle(u);
+        return upload_push_next(u, ending);
+}
+
+/* One more item from its spec; line is its NDJSON line, 0 for none. */
+static void upload_add(struct upload *u, const json_t *spec, int64_t line)
+{
+        struct spec_error err;
+        struct job *j;
+        int r;
+
+        if (u->items >= u->api->o.max_batch_items) {
+                u->failure = UPLOAD_TOO_MANY;
+                return;
+        }
+        r = spec_job(spec, &u->defaults, &j, &err);
+        if (r < 0) {
+                fail_item(u, r, &err, line);
+                return;
+        }
+        j->index = u->items++;
+        u->jobs[u->n_jobs++] = j;
+}
+
+static int upload_new(struct request *req, const struct spec_defaults *d, struct upload **ret)
+{
+        struct upload *u = calloc(1, sizeof(*u));
+
+        if (!u)
+                return -ENOMEM;
+        u->batch = batch_new();
+        if (!u->batch) {
+                free(u);
+                return -ENOMEM;
+        }
+        u->req = req;
+        u->api = req->api;
+        u->defaults = *d;
+        u->batch->priority = d->priority;
+        req->ctx = u;
+        req->ctx_free = upload_release;
+        *ret = u;
+        return 0;
+}
+
+static enum MHD_Result write_error(struct request *req, int r, const char *what)
+{
+        switch (r) {
+        case -EIO:
+                return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
+                                   "the job store cannot take writes now");
+        case -ESHUTDOWN:
+                return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
+                                   "futured is shutting down");
+        default:
+                return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
+                                   "%s failed: %s", what, strerror(-r));
+        }
+}
+
+static enum MHD_Result item_error(struct request *req, const struct upload *u)
+{
+        struct strbuf b = { 0 };
+        char msg[512];
+
+        if (u->err_line > 0)
+                snprintf(msg, sizeof(msg), "item %lld (line %lld): %s", (long long) u->err_index,
+                         (long long) u->err_line, u->err.message);
+        else
+                snprintf(msg, sizeof(msg), "item %lld: %s", (long long) u->err_index,
+                         u->err.message);
+        strbuf_puts(&b, "{\"error\":{\"code\":");
+        strbuf_json_string(&b, u->err.code);
+        strbuf_puts(&b, ",\"message\":");
+        strbuf_json_string(&b, msg);
+        strbuf_printf(&b, ",\"index\":%lld", (long long) u->err_index);
+        if (u->err_line > 0)
+                strbuf_printf(&b, ",\"line\":%lld", (long long) u->err_line);
+        strbuf_puts(&b, "}}");
+        return reply_body(req, MHD_HTTP_BAD_REQUEST, &b, NULL, NULL);
+}
+
+/* The answer once the upload is over. */
+static enum MHD_Result upload_answer(struct request *req, struct upload *u)
+{
+        struct strbuf b = { 0 };
+        char location[64];
+
+        switch (u->failure) {
+        case UPLOAD_OK:
+                break;
+        case UPLOAD_ITEM:
+                return item_error(req, u);
+        case UPLOAD_TOO_MANY:
+                return reply_error(req, MHD_HTTP_CONTENT_TOO_LARGE, "batch_too_large",
+                                   "a batch has at most %lld items",
+                                   (long long) req->api->o.max_batch_items);
+        case UPLOAD_REFUSED:
+                return request_refuse(req);
+        case UPLOAD_WRITE:
+                return write_error(req, u->error, "storing the batch");
+        }
+        /* Just sealed: every item is pending. */
+        u->batch->counts[JOB_PENDING] = u->batch->size;
+        reply_batch(&b, u->batch);
+        snprintf(location, sizeof(location), "/v1/batches/%lld", (long long) u->batch->id);
+        return reply_body(req, MHD_HTTP_ACCEPTED, &b, MHD_HTTP_HEADER_LOCATION, location);
+}
+
+/* ---- POST /v1/batches, JSON ---- */
+
+static enum MHD_Result bad_batch(struct request *req, const char *code, const char *msg)
+{
+        return reply_error(req, MHD_HTTP_BAD_REQUEST, code, "%s", msg);
+}
+
+static const char *unknown_field(const json_t *body)
+{
+        const char *name;
+        json_t *v;
+
+        json_object_foreach((json_t *) body, name, v) {
+                const char *const *f;
+
+                for (f = batch_fields; *f; f++)
+                        if (strcmp(*f, name) == 0)
+                                break;
+                if (!*f)
+                        return name;
+        }
+        return NULL;
+}
+
+/* The field, or NULL when absent or null. */
+static const json_t *field(const json_t *obj, const char *name)
+{
+        const json_t *v = json_object_get(obj, name);
+
+        return json_is_null(v) ? NULL : v;
+}
+
+/* Validates what does not depend on the items and makes the upload
+ * (req->ctx); otherwise answers. */
+static enum MHD_Result json_start(struct request *req, struct upload **ret)
+{
+        const json_t *body = req->json, *items, *jobs;
+        json_t *wrapper;
+        struct spec_defaults d;
+        struct spec_error err;
+        struct upload *u;
+        const char *name;
+        int r;
+
+        if (!json_is_object(body))
+                return bad_batch(req, "invalid_request", "a batch must be a JSON object");
+        name = unknown_field(body);
+        if (name)
+                return reply_error(req, MHD_HTTP_BAD_REQUEST, "unknown_field",
+                                   "unknown field \"%.64s\"; a batch has task, kind, timeout, "
+                                   "max_attempts, priority, and items or jobs", name);
+        items = field(body, "items");
+        jobs = field(body, "jobs");
+        if (!items == !jobs)
+                return bad_batch(req, "invalid_request",
+                                 "a batch has either \"items\" or \"jobs\"");
+        if (!json_is_array(items ? items : jobs))
+                return reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_request",
+                                   "\"%s\" must be an array", items ? "items" : "jobs");
+        r = spec_batch_defaults(body, req->api->o.default_timeout, &d, &err);
+        if (r < 0)
+                return bad_batch(req, err.code, err.message);
+        if (items && !d.task)
+                return bad_batch(req, "invalid_request", "\"task\" is required with \"items\"");
+        if ((int64_t) json_array_size(items ? items : jobs) > req->api->o.max_batch_items)
+                return reply_error(req, MHD_HTTP_CONTENT_TOO_LARGE, "batch_too_large",
+                                   "a batch has at most %lld items",
+                                   (long long) req->api->o.max_batch_items);
+        wrapper = items ? json_object() : NULL;
+        r = items && !wrapper ? -ENOMEM : upload_new(req, &d, &u);
+        if (r < 0) {
+                json_decref(wrapper);
+                return write_error(req, r, "starting the batch");
+        }
+        u->wrapper = wrapper;
+        u->array = items ? items : jobs;
+        u->items_form = items != NULL;
+        *ret = u;
+        return MHD_YES;
+}
+
+/* The items form: each item is the args of a job of the batch's task. */
+static void json_add_item(struct upload *u, const json_t *item)
+{
+        struct spec_error err = { .code = "invalid_request" };
+
+        if (!json_is_object(item) && !json_is_array(item)) {
+                snprintf(err.message, sizeof(err.message),
+                         "an item must be an object or an array of args");
+                fail_item(u, -EINVAL, &err, 0);
+                return;
+        }
+        if (json_object_set(u->wrapper, "args", (json_t *) item) < 0) {
+                fail_write(u, -ENOMEM);
+                return;
+        }
+        upload_add(u, u->wrapper, 0);
+}
+
+static enum MHD_Result submit_json(struct request *req)
+{
+        struct upload *u = req->ctx;
+        size_t total;
+        enum MHD_Result ret;
+
+        if (!u) {
+                ret = json_start(req, &u);
+                if (!req->ctx)
+                        return ret;
+        }
+        total = json_array_size(u->array);
+        for (;;) {
+                if (upload_step(u, u->next == total))
+                        return MHD_YES;
+                if (u->failure || u->batch->sealed)
+                        return upload_answer(req, u);
+                while (u->n_jobs < UPLOAD_CHUNK && u->next < total && !u->failure) {
+                        const json_t *v = json_array_get(u->array, u->next++);
+
+                        if (u->items_form)
+                                json_add_item(u, v);
+                        else
+                                upload_add(u, v, 0);
+                }
+        }
+}
+
+/* ---- POST /v1/batches, NDJSON ---- */
+
+struct query {
+        json_t *obj;
+        const char *unknown;    /* the first argument that is not a default */
+        bool oom;
+};
+
+/* Numbers come as JSON text, so they are checked as in a JSON batch; what
+ * does not parse as JSON stays a string, which those checks refuse. */
+static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+        struct query *q = cls;
+        json_t *v = NULL;
+
+        (void) kind;
+        if (!value)
+                value = "";
+        if (strcmp(key, "task") != 0 && strcmp(key, "kind") != 0) {
+                const char *const *f;
+
+                for (f = batch_fields; *f; f++)
+                        if (strcmp(*f, key) == 0 && strcmp(key, "items") != 0 &&
+                            strcmp(key, "jobs") != 0)
+                                break;
+                if (!*f) {
+                        q->unknown = key;
+                        return MHD_NO;
+                }
+                v = json_loads(value, JSON_DECODE_ANY, NULL);
+        }
+        if (!v)
+                v = json_string(value);
+        if (!v || json_object_set_new(q->obj, key, v) < 0) {
+                q->oom = true;
+                return MHD_NO;
+        }
+        return MHD_YES;
+}
+
+static enum MHD_Result ndjson_start(struct request *req)
+{
+        struct query q = { .obj = json_object() };
+        struct spec_defaults d;
+        struct spec_error err;
+        struct upload *u;
+        int r = -ENOMEM;
+
+        if (q.obj)
+                MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, query_arg, &q);
+        if (!q.obj || q.oom)
+                goto fail;
+        if (q.unknown) {
+                json_decref(q.obj);
+                return reply_error(req, MHD_HTTP_BAD_REQUEST, "unknown_field",
+                                   "unknown query argument \"%.64s\"; an NDJSON batch takes "
+                                   "task, kind, timeout, max_attempts and priority", q.unknown);
+        }
+        r = spec_batch_defaults(q.obj, req->api->o.default_timeout, &d, &err);
+        json_decref(q.obj);
+        q.obj = NULL;
+        if (r < 0)
+                return reply_error(req, MHD_HTTP_BAD_REQUEST, err.code, "query: %s", err.message);
+        r = upload_new(req, &d, &u);
+        if (r == 0)
+                return MHD_YES;
+fail:
+        json_decref(q.obj);
+        return write_error(req, r, "starting the batch");
+}
+
+static bool blank(const char *s, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+                        return false;
+        return true;
+}
+
+static void ndjson_add_line(struct upload *u, struct request *req)
+{
+        struct spec_error err;
+        json_t *spec;
+        int r;
+
+        r = spec_parse(req->body, req->body_len, &spec, &err);
+        if (r < 0) {
+                fail_item(u, r, &err, req->line_no);
+                return;
+        }
+        upload_add(u, spec, req->line_no);
+        json_decref(spec);
+}
+
+static enum MHD_Result submit_ndjson(struct request *req)
+{
+        struct upload *u = req->ctx;
+
+        if (!u)
+                return ndjson_start(req);
+        if (req->body_done) {
+                if (req->refused && !u->failure)
+                        u->failure = UPLOAD_REFUSED;
+                if (req->error)
+                        fail_write(u, req->error);
+                if (upload_step(u, true))
+                        return MHD_YES;
+                return upload_answer(req, u);
+        }
+        /* A line. Until the op that ended is settled it stays untaken. */
+        if (upload_step(u, false))
+                return MHD_YES;
+        req->line_taken = true;
+        if (!u->failure && !blank(req->body, req->body_len))
+                ndjson_add_line(u, req);
+        upload_push_next(u, false);
+        return MHD_YES;
+}
+
+enum MHD_Result batches_submit(struct request *req)
+{
+        return req->ndjson ? submit_ndjson(req) : submit_json(req);
+}
+
+/* ---- GET /v1/batches/{id} ---- */
+
+static enum MHD_Result no_such_batch(struct request *req)
+{
+        return reply_error(req, MHD_HTTP_NOT_FOUND, "not_found", "no batch %lld",
+                           (long long) req->id);
+}
+
+static int read_batch(struct request *req, struct batch **ret)
+{
+        struct store_reader *r;
+        int k;
+
+        k = api_reader(req->api, &r);
+        if (k < 0)
+                return k;
+        return store_get_batch(r, req->id, ret);
+}
+
+static enum MHD_Result answer_batch(struct request *req)
+{
+        struct strbuf b = { 0 };
+        struct batch *bt;
+        int r;
+
+        r = read_batch(req, &bt);
+        if (r == -ENOENT)
+                return no_such_batch(req);
+        if (r < 0)
+                return reply_store_error(req, r);
+        reply_batch(&b, bt);
+        batch_free(bt);
+        return reply_body(req, MHD_HTTP_OK, &b, NULL, NULL);
+}
+
+enum MHD_Result batches_get(struct request *req)
+{
+        return answer_batch(req);
+}
+
+/* ---- POST /v1/batches/{id}/cancel ---- */
+
+/* The writer thread, once the cancellation is committed. */
+static void cancel_done(struct sched_batch_cancel *c)
+{
+        request_wake(c->userdata);
+}
+
+enum MHD_Result batches_cancel(struct request *req)
+{
+        struct sched_batch_cancel *c = req->ctx;
+        struct batch *bt;
+        bool finished;
+        int r;
+
+        if (req->resumed) {
+                if (c->result < 0)
+                        return write_error(req, c->result, "cancelling the batch");
+                return answer_batch(req);
+        }
+        r = read_batch(req, &bt);
+        if (r == -ENOENT)
+                return no_such_batch(req);
+        if (r < 0)
+                return reply_store_error(req, r);
+        finished = bt->finished_at > 0;
+        batch_free(bt);
+        if (finished)
+                return reply_error(req, MHD_HTTP_CONFLICT, "already_finished",
+                                   "batch %lld has already finished", (long long) req->id);
+        /* The request's until it ends; the connection stays suspended
+         * until done(), so it outlives the scheduler's use of it. */
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return write_error(req, -ENOMEM, "cancelling the batch");
+        c->batch = req->id;
+        c->done = cancel_done;
+        c->userdata = req;
+        req->ctx = c;
+        req->ctx_free = free;
+        request_suspend(req);
+        r = sched_cancel_batch(req->api->d.sched, c);
+        if (r < 0) {
+                c->result = r;
+                request_wake(req);
+        }
+        return MHD_YES;
+}
+
+/* ---- DELETE /v1/batches/{id} ---- */
+
+static void delete_done(struct wop *op)
+{
+        request_wake(op->userdata);
+}
+
+static void batch_release(void *b)
+{
+        batch_free(b);
+}
+
+enum MHD_Result batches_delete(struct request *req)
+{
+        struct batch *b;
+
+        if (!req->resumed) {
+                b = batch_new();
+                if (!b)
+                        return write_error(req, -ENOMEM, "deleting the batch");
+                b->id = req->id;
+                req->ctx = b;
+                req->ctx_free = batch_release;
+                req->op = (struct wop) {
+                        .type = WOP_BATCH_DELETE,
+                        .batch = b,
+                        .done = delete_done,
+                        .userdata = req,
+                };
+                request_suspend(req);
+                writer_push(req->api->d.writer, &req->op);
+                return MHD_YES;
+        }
+        switch (req->op.result) {
+        case 0:
+                return reply_empty(req, MHD_HTTP_NO_CONTENT);
+        case -ENOENT:
+                return no_such_batch(req);
+        case -EBUSY:
+                return reply_error(req, MHD_HTTP_CONFLICT, "not_finished",
+                                   "batch %lld has not finished; cancel it first",
+                                   (long long) req->id);
+        default:
+                return write_error(req, req->op.result, "deleting the batch");
+        }
+}

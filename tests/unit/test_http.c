@@ -1,0 +1,711 @@
+/* tasks/http.c against a stand-in server on loopback: results, the error
+ * types and retryability of failing answers, the response cap, transport
+ * errors, and that a stop or the deadline ends a transfer at once.
+ *
+ * The server is one thread answering one connection at a time by path; it
+ * closes every connection after its answer except /hang, which it keeps
+ * open unanswered until the end and announces through a condvar, so the
+ * stop test knows the request is in flight without sleeping. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <jansson.h>
+
+#include "tasks/http.h"
+#include "tasks/task.h"
+
+#define CAP (64 * 1024)
+#define BIG (1024 * 1024)
+#define MAX_HELD 8
+
+static struct {
+        int listen_fd;
+        int stop_pipe[2];
+        unsigned port;
+        pthread_t thread;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        int held[MAX_HELD];     /* /hang connections, closed at the end */
+        unsigned n_held;
+        const struct task *task;
+        char dir[64];
+} srv = {
+        .lock = PTHREAD_MUTEX_INITIALIZER,
+        .cond = PTHREAD_COND_INITIALIZER,
+        .dir = "/tmp/futured-test-http-XXXXXX",
+};
+
+/* ---- the stand-in server ---- */
+
+static void send_all(int fd, const char *data, size_t len)
+{
+        while (len > 0) {
+                ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+
+                if (n <= 0)
+                        return;
+                data += n;
+                len -= (size_t)n;
+        }
+}
+
+static void respond(int fd, int status, const char *extra_headers, const char *type,
+                    const char *body, size_t len)
+{
+        char head[1024];
+        int n;
+
+        n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d X\r\nConnection: close\r\nContent-Type: %s\r\n"
+                     "Content-Length: %zu\r\n%s\r\n",
+                     status, type, len, extra_headers);
+        send_all(fd, head, (size_t)n);
+        send_all(fd, body, len);
+}
+
+static void respond_text(int fd, int status, const char *extra_headers, const char *type,
+                         const char *body)
+{
+        respond(fd, status, extra_headers, type, body, strlen(body));
+}
+
+/* The value of header name in the request head, or NULL; owned by the
+ * caller. */
+static char *request_header(const char *head, const char *name)
+{
+        size_t n = strlen(name);
+
+        for (const char *line = strstr(head, "\r\n"); line; line = strstr(line + 2, "\r\n")) {
+                const char *v = line + 2, *end;
+
+                if (strncasecmp(v, name, n) != 0 || v[n] != ':')
+                        continue;
+                v += n + 1;
+                while (*v == ' ')
+                        v++;
+                end = strstr(v, "\r\n");
+                return strndup(v, (size_t)(end - v));
+        }
+        return NULL;
+}
+
+/* Reads a request into buf: 0 with *ret_body pointing at its body. */
+static int request_read(int fd, char *buf, size_t size, char **ret_body, size_t *ret_len)
+{
+        size_t len = 0, want = 0;
+        char *end = NULL, *cl;
+
+        for (;;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                ssize_t n;
+
+                if (end && len >= want)
+                        break;
+                if (poll(&p, 1, 5000) <= 0 || len + 1 >= size)
+                        return -EIO;
+                n = read(fd, buf + len, size - 1 - len);
+                if (n <= 0)
+                        return -EIO;
+                len += (size_t)n;
+                buf[len] = '\0';
+                if (!end && (end = strstr(buf, "\r\n\r\n"))) {
+                        end[2] = '\0';
+                        cl = request_header(buf, "Content-Length");
+                        want = (size_t)(end + 4 - buf) + (cl ? strtoul(cl, NULL, 10) : 0);
+                        free(cl);
+                }
+        }
+        *ret_body = end + 4;
+        *ret_len = len - (size_t)(end + 4 - buf);
+        return 0;
+}
+
+static void answer_echo(int fd, const char *head, const char *body, size_t len)
+{
+        char method[16] = "";
+        char *type = request_header(head, "Content-Type");
+        char *xtest = request_header(head, "X-Test");
+        char *auth = request_header(head, "Authorization");
+        char *expect = request_header(head, "Expect");
+        json_t *o;
+        char *text;
+
+        sscanf(head, "%15s", method);
+        o = json_pack("{s:s, s:s?, s:s?, s:s?, s:b, s:s%}", "method", method,
+                      "content_type", type, "x_test", xtest, "authorization", auth,
+                      "expect", expect != NULL, "body", body, len);
+        text = json_dumps(o, JSON_COMPACT);
+        respond_text(fd, 200, "", "application/json", text);
+        free(text);
+        json_decref(o);
+        free(type);
+        free(xtest);
+        free(auth);
+        free(expect);
+}
+
+static void answer_big(int fd, bool announce)
+{
+        static char chunk[16384];
+        char head[256];
+        int n;
+
+        memset(chunk, 'x', sizeof(chunk));
+        /* without Content-Length the body runs to the close */
+        n = snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                     "Content-Type: text/plain\r\n%s\r\n",
+                     announce ? "Content-Length: 1048576\r\n" : "");
+        send_all(fd, head, (size_t)n);
+        for (size_t sent = 0; sent < BIG; sent += sizeof(chunk))
+                send_all(fd, chunk, sizeof(chunk));
+}
+
+static void answer_429_date(int fd)
+{
+        char date[64], extra[128];
+        time_t later = time(NULL) + 30;
+        struct tm tm;
+
+        strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&later, &tm));
+        snprintf(extra, sizeof(extra), "Retry-After: %s\r\n", date);
+        respond_text(fd, 429, extra, "text/plain", "later");
+}
+
+/* Returns whether the connection is to stay open. */
+static bool answer(int fd)
+{
+        static char buf[256 * 1024];
+        char path[128] = "", *body;
+        size_t len;
+
+        if (request_read(fd, buf, sizeof(buf), &body, &len) < 0)
+                return false;
+        sscanf(buf, "%*s %127s", path);
+        if (strcmp(path, "/echo") == 0 || strncmp(path, "/api/", 5) == 0)
+                answer_echo(fd, buf, body, len);
+        else if (strcmp(path, "/json") == 0)
+                respond_text(fd, 200, "", "application/json; charset=utf-8",
+                             "{\"ok\": true, \"n\": [1, 2]}");
+        else if (strcmp(path, "/text") == 0)
+                respond_text(fd, 201, "X-Multi: a\r\nX-Multi: b\r\n", "text/plain", "hello");
+        else if (strcmp(path, "/binary") == 0)
+                respond(fd, 200, "", "application/octet-stream", "\xff\xfe\0A", 4);
+        else if (strcmp(path, "/badjson") == 0)
+                respond_text(fd, 200, "", "application/json", "{nope");
+        else if (strcmp(path, "/429") == 0)
+                respond_text(fd, 429, "Retry-After: 2\r\n", "application/json",
+                             "{\"error\": \"slow down\"}");
+        else if (strcmp(path, "/429date") == 0)
+                answer_429_date(fd);
+        else if (strcmp(path, "/500") == 0)
+                respond_text(fd, 500, "", "text/plain", "oops");
+        else if (strcmp(path, "/400") == 0)
+                respond_text(fd, 400, "", "application/json", "{\"error\": \"bad request\"}");
+        else if (strcmp(path, "/big") == 0)
+                answer_big(fd, false);
+        else if (strcmp(path, "/bigcl") == 0)
+                answer_big(fd, true);
+        else if (strcmp(path, "/hang") == 0) {
+                pthread_mutex_lock(&srv.lock);
+                assert_true(srv.n_held < MAX_HELD);
+                srv.held[srv.n_held++] = fd;
+                pthread_cond_broadcast(&srv.cond);
+                pthread_mutex_unlock(&srv.lock);
+                return true;
+        }
+        /* /close and anything else: no answer at all */
+        return false;
+}
+
+static void *server_main(void *arg)
+{
+        for (;;) {
+                struct pollfd p[2] = {
+                        { .fd = srv.listen_fd, .events = POLLIN },
+                        { .fd = srv.stop_pipe[0], .events = POLLIN },
+                };
+                int fd;
+
+                if (poll(p, 2, -1) < 0 || p[1].revents)
+                        break;
+                fd = accept4(srv.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+                if (fd >= 0 && !answer(fd))
+                        close(fd);
+        }
+        return NULL;
+}
+
+static unsigned held_count(void)
+{
+        unsigned n;
+
+        pthread_mutex_lock(&srv.lock);
+        n = srv.n_held;
+        pthread_mutex_unlock(&srv.lock);
+        return n;
+}
+
+static void held_wait(unsigned n)
+{
+        pthread_mutex_lock(&srv.lock);
+        while (srv.n_held < n)
+                pthread_cond_wait(&srv.cond, &srv.lock);
+        pthread_mutex_unlock(&srv.lock);
+}
+
+/* A loopback socket bound to a free port: listening, or closed again to
+ * name a port where nothing listens. */
+static int loopback_socket(bool listening, unsigned *ret_port)
+{
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t alen = sizeof(a);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        assert_true(fd >= 0);
+        assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+        assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
+        *ret_port = ntohs(a.sin_port);
+        if (listening) {
+                assert_int_equal(listen(fd, 16), 0);
+                return fd;
+        }
+        close(fd);
+        return -1;
+}
+
+/* ---- helpers ---- */
+
+static void configure(const char *const *allow, const struct http_auth *auth, size_t n_auth)
+{
+        struct http_options o = { .max_response = CAP, .allow = allow, .auth = auth,
+                                  .n_auth = n_auth };
+        char err[256];
+
+        assert_int_equal(http_configure(&o, err, sizeof(err)), 0);
+}
+
+static const char *url(const char *path)
+{
+        static char buf[4][128];
+        static unsigned i;
+        char *u = buf[i++ % 4];
+
+        snprintf(u, sizeof(buf[0]), "http://127.0.0.1:%u%s", srv.port, path);
+        return u;
+}
+
+/* Validates and runs args (consumed) with a deadline that many seconds
+ * away; returns run()'s answer. */
+static int run(json_t *args, double deadline_in, json_t **ret_result, struct task_error *err)
+{
+        struct task_ctx *ctx;
+        char msg[256];
+        int r;
+
+        assert_non_null(args);
+        assert_int_equal(srv.task->validate(args, msg, sizeof(msg)), 0);
+        assert_int_equal(task_ctx_new(task_monotonic() + deadline_in, &ctx), 0);
+        *err = (struct task_error) { .type = "task_error" };
+        r = srv.task->run(ctx, args, ret_result, err);
+        task_ctx_free(ctx);
+        json_decref(args);
+        return r;
+}
+
+static json_t *run_ok(json_t *args)
+{
+        struct task_error err;
+        json_t *result = NULL;
+
+        assert_int_equal(run(args, 10, &result, &err), 0);
+        assert_non_null(result);
+        return result;
+}
+
+/* Runs args, which must fail with type; returns the error's detail. */
+static json_t *run_fail(json_t *args, const char *type, bool retryable)
+{
+        struct task_error err;
+        json_t *result = NULL;
+
+        assert_true(run(args, 10, &result, &err) < 0);
+        assert_null(result);
+        assert_string_equal(err.type, type);
+        assert_int_equal(err.retryable, retryable);
+        return err.detail;
+}
+
+static void assert_refused(json_t *args, const char *words)
+{
+        char msg[256] = "";
+
+        assert_non_null(args);
+        assert_int_equal(srv.task->validate(args, msg, sizeof(msg)), -EINVAL);
+        if (!strstr(msg, words))
+                fail_msg("message \"%s\" lacks \"%s\"", msg, words);
+        json_decref(args);
+}
+
+/* ---- tests ---- */
+
+static void test_post_json_round_trip(void **state)
+{
+        json_t *r = run_ok(json_pack("{s:s, s:{s:s}, s:{s:[i,s]}}", "url", url("/echo"),
+                                     "headers", "X-Test", "yes", "json", "a", 1, "b"));
+        json_t *echo = json_object_get(r, "json");
+
+        assert_int_equal(json_integer_value(json_object_get(r, "status")), 200);
+        assert_string_equal(json_string_value(json_object_get(json_object_get(r, "headers"),
+                                                              "content-type")),
+                            "application/json");
+        assert_string_equal(json_string_value(json_object_get(echo, "method")), "POST");
+        assert_string_equal(json_string_value(json_object_get(echo, "content_type")),
+                            "application/json");
+        assert_string_equal(json_string_value(json_object_get(echo, "x_test")), "yes");
+        assert_string_equal(json_string_value(json_object_get(echo, "body")), "{\"a\":[1,\"b\"]}");
+        assert_true(json_is_false(json_object_get(echo, "expect")));
+        json_decref(r);
+}
+
+static void test_methods_and_body(void **state)
+{
+        json_t *r = run_ok(json_pack("{s:s, s:s, s:s, s:{s:s}}", "url", url("/echo"),
+                                     "method", "PUT", "body", "a=1", "headers",
+                                     "Content-Type", "text/plain"));
+        json_t *echo = json_object_get(r, "json");
+
+        assert_string_equal(json_string_value(json_object_get(echo, "method")), "PUT");
+        assert_string_equal(json_string_value(json_object_get(echo, "content_type")),
+                            "text/plain");
+        assert_string_equal(json_string_value(json_object_get(echo, "body")), "a=1");
+        json_decref(r);
+
+        r = run_ok(json_pack("{s:s, s:s}", "url", url("/echo"), "method", "DELETE"));
+        echo = json_object_get(r, "json");
+        assert_string_equal(json_string_value(json_object_get(echo, "method")), "DELETE");
+        json_decref(r);
+
+        r = run_ok(json_pack("{s:s, s:s}", "url", url("/json"), "method", "HEAD"));
+        assert_int_equal(json_integer_value(json_object_get(r, "status")), 200);
+        assert_null(json_object_get(r, "json"));
+        assert_string_equal(json_string_value(json_object_get(r, "body")), "");
+        json_decref(r);
+}
+
+static void test_json_result(void **state)
+{
+        json_t *r = run_ok(json_pack("{s:s}", "url", url("/json")));
+        json_t *want = json_pack("{s:b, s:[i,i]}", "ok", 1, "n", 1, 2);
+
+        assert_true(json_equal(json_object_get(r, "json"), want));
+        assert_null(json_object_get(r, "body"));
+        json_decref(want);
+        json_decref(r);
+
+        r = run_ok(json_pack("{s:s}", "url", url("/badjson")));
+        assert_string_equal(json_string_value(json_object_get(r, "body")), "{nope");
+        json_decref(r);
+}
+
+static void test_text_and_binary_result(void **state)
+{
+        json_t *r = run_ok(json_pack("{s:s}", "url", url("/text")));
+        json_t *headers = json_object_get(r, "headers");
+
+        assert_int_equal(json_integer_value(json_object_get(r, "status")), 201);
+        assert_string_equal(json_string_value(json_object_get(r, "body")), "hello");
+        assert_string_equal(json_string_value(json_object_get(headers, "x-multi")), "a, b");
+        assert_string_equal(json_string_value(json_object_get(headers, "content-type")),
+                            "text/plain");
+        json_decref(r);
+
+        r = run_ok(json_pack("{s:s}", "url", url("/binary")));
+        assert_null(json_object_get(r, "body"));
+        assert_string_equal(json_string_value(json_object_get(r, "body_base64")), "//4AQQ==");
+        json_decref(r);
+}
+
+static void test_429_retry_after(void **state)
+{
+        json_t *d = run_fail(json_pack("{s:s}", "url", url("/429")), "http_status", true);
+        json_t *want = json_pack("{s:s}", "error", "slow down");
+
+        assert_int_equal(json_integer_value(json_object_get(d, "status")), 429);
+        assert_int_equal(json_integer_value(json_object_get(d, "retry_after")), 2);
+        assert_true(json_equal(json_object_get(d, "json"), want));
+        json_decref(want);
+        json_decref(d);
+
+        d = run_fail(json_pack("{s:s}", "url", url("/429date")), "http_status", true);
+        assert_in_range(json_integer_value(json_object_get(d, "retry_after")), 27, 31);
+        json_decref(d);
+}
+
+static void test_500_retryable(void **state)
+{
+        json_t *d = run_fail(json_pack("{s:s}", "url", url("/500")), "http_status", true);
+
+        assert_int_equal(json_integer_value(json_object_get(d, "status")), 500);
+        assert_string_equal(json_string_value(json_object_get(d, "body")), "oops");
+        assert_null(json_object_get(d, "retry_after"));
+        json_decref(d);
+}
+
+static void test_400_not_retryable(void **state)
+{
+        json_t *d = run_fail(json_pack("{s:s}", "url", url("/400")), "http_status", false);
+        json_t *want = json_pack("{s:s}", "error", "bad request");
+
+        assert_int_equal(json_integer_value(json_object_get(d, "status")), 400);
+        assert_true(json_equal(json_object_get(d, "json"), want));
+        json_decref(want);
+        json_decref(d);
+}
+
+static void test_response_too_large(void **state)
+{
+        json_t *d = run_fail(json_pack("{s:s}", "url", url("/big")), "response_too_large", false);
+
+        assert_null(d);
+        d = run_fail(json_pack("{s:s}", "url", url("/bigcl")), "response_too_large", false);
+        assert_null(d);
+}
+
+static void test_transport_errors(void **state)
+{
+        char refused[128];
+        unsigned port;
+        json_t *d;
+
+        d = run_fail(json_pack("{s:s}", "url", url("/close")), "http_error", true);
+        assert_null(d);
+
+        loopback_socket(false, &port);
+        snprintf(refused, sizeof(refused), "http://127.0.0.1:%u/", port);
+        d = run_fail(json_pack("{s:s}", "url", refused), "http_error", true);
+        assert_null(d);
+}
+
+/* The request's own timeout is a transport error; the job's is not its to
+ * report. */
+static void test_request_timeout(void **state)
+{
+        unsigned before = held_count();
+        struct task_error err;
+        json_t *result = NULL;
+        double t0 = task_monotonic();
+
+        assert_true(run(json_pack("{s:s, s:f}", "url", url("/hang"), "timeout", 0.2), 10,
+                        &result, &err) < 0);
+        assert_string_equal(err.type, "http_error");
+        assert_true(err.retryable);
+        assert_true(task_monotonic() - t0 < 2);
+        held_wait(before + 1);
+}
+
+static void test_deadline_aborts(void **state)
+{
+        struct task_error err = { .type = "task_error" };
+        struct task_ctx *ctx;
+        json_t *args = json_pack("{s:s}", "url", url("/hang")), *result = NULL;
+        double t0 = task_monotonic();
+
+        assert_int_equal(task_ctx_new(t0 + 0.3, &ctx), 0);
+        assert_true(srv.task->run(ctx, args, &result, &err) < 0);
+        assert_true(task_ctx_timed_out(ctx));
+        assert_true(task_monotonic() - t0 < 0.45);
+        task_ctx_free(ctx);
+        json_decref(args);
+}
+
+struct runner {
+        struct task_ctx *ctx;
+        json_t *args;
+        int r;
+        struct task_error err;
+        double ended;
+};
+
+static void *runner_main(void *arg)
+{
+        struct runner *rn = arg;
+        json_t *result = NULL;
+
+        rn->err.type = "task_error";
+        rn->r = srv.task->run(rn->ctx, rn->args, &result, &rn->err);
+        rn->ended = task_monotonic();
+        json_decref(result);
+        return NULL;
+}
+
+static void test_stop_aborts(void **state)
+{
+        struct runner rn = { .args = json_pack("{s:s}", "url", url("/hang")) };
+        unsigned before = held_count();
+        pthread_t thread;
+        double stopped;
+
+        assert_int_equal(task_ctx_new(task_monotonic() + 30, &rn.ctx), 0);
+        assert_int_equal(pthread_create(&thread, NULL, runner_main, &rn), 0);
+        held_wait(before + 1);
+        stopped = task_monotonic();
+        task_ctx_stop(rn.ctx);
+        assert_int_equal(pthread_join(thread, NULL), 0);
+        assert_true(rn.r < 0);
+        assert_false(task_ctx_timed_out(rn.ctx));
+        assert_string_equal(rn.err.type, "cancelled");
+        print_message("stopped %.1f ms after task_ctx_stop()\n", (rn.ended - stopped) * 1000);
+        if (rn.ended - stopped > 0.2)
+                fail_msg("took %.3f s to stop", rn.ended - stopped);
+        task_ctx_free(rn.ctx);
+        json_decref(rn.args);
+}
+
+static void test_validate_refusals(void **state)
+{
+        char prefix[128];
+        const char *const allow[] = { prefix, NULL };
+        json_t *r;
+
+        assert_refused(json_pack("{s:s}", "url", "ftp://127.0.0.1/x"), "url must be");
+        assert_refused(json_pack("{s:s}", "url", "file:///etc/passwd"), "url must be");
+        assert_refused(json_pack("{s:s}", "url", "not a url"), "url must be");
+        assert_refused(json_pack("{}"), "url must be");
+        assert_refused(json_pack("{s:s, s:s}", "url", url("/"), "method", "TRACE"), "method");
+        assert_refused(json_pack("{s:s, s:s, s:{}}", "url", url("/"), "body", "x", "json"),
+                       "not both");
+        assert_refused(json_pack("{s:s, s:i}", "url", url("/"), "body", 3), "body must");
+        assert_refused(json_pack("{s:s, s:{s:s}}", "url", url("/"), "headers", "X-A", "1\r\nB: 2"),
+                       "CR, LF");
+        assert_refused(json_pack("{s:s, s:{s:s}}", "url", url("/"), "headers", "X A", "1"),
+                       "token");
+        assert_refused(json_pack("{s:s, s:{s:s}}", "url", url("/"), "headers", "host", "x"),
+                       "set by the request");
+        assert_refused(json_pack("{s:s, s:{s:i}}", "url", url("/"), "headers", "X-A", 1),
+                       "must be a string");
+        assert_refused(json_pack("{s:s, s:i}", "url", url("/"), "timeout", 0), "timeout");
+        assert_refused(json_pack("{s:s, s:s, s:s}", "url", url("/"), "method", "HEAD",
+                                 "body", "x"), "HEAD");
+        assert_refused(json_pack("{s:s, s:s}", "url", url("/"), "bogus", "x"), "bogus");
+
+        snprintf(prefix, sizeof(prefix), "%s", url("/api/"));
+        configure(allow, NULL, 0);
+        assert_refused(json_pack("{s:s}", "url", url("/echo")), "allowlist");
+        assert_refused(json_pack("{s:s}", "url", url("/api")), "allowlist");
+        assert_refused(json_pack("{s:s}", "url", url("/api/%2e%2e/echo")), "allowlist");
+        assert_refused(json_pack("{s:s}", "url", "http://localhost:1/api/"), "allowlist");
+        r = run_ok(json_pack("{s:s}", "url", url("/api/x/../y")));
+        assert_int_equal(json_integer_value(json_object_get(r, "status")), 200);
+        json_decref(r);
+        configure(NULL, NULL, 0);
+}
+
+static void test_default_authorization(void **state)
+{
+        char path[128];
+        struct http_auth auth = { .host = "127.0.0.1", .file = path };
+        json_t *r;
+        FILE *f;
+
+        snprintf(path, sizeof(path), "%s/key", srv.dir);
+        f = fopen(path, "we");
+        assert_non_null(f);
+        fputs("Bearer sk-secret\n", f);
+        fclose(f);
+        configure(NULL, &auth, 1);
+
+        r = run_ok(json_pack("{s:s}", "url", url("/echo")));
+        assert_string_equal(json_string_value(json_object_get(json_object_get(r, "json"),
+                                                              "authorization")),
+                            "Bearer sk-secret");
+        json_decref(r);
+        r = run_ok(json_pack("{s:s, s:{s:s}}", "url", url("/echo"), "headers",
+                             "authorization", "Bearer mine"));
+        assert_string_equal(json_string_value(json_object_get(json_object_get(r, "json"),
+                                                              "authorization")),
+                            "Bearer mine");
+        json_decref(r);
+
+        configure(NULL, NULL, 0);
+        unlink(path);
+}
+
+static void test_configure_refusals(void **state)
+{
+        const char *const bad_allow[] = { "ftp://x/", NULL };
+        const struct http_auth missing = { .host = "h", .file = "/nonexistent/key" };
+        struct http_options o = { .allow = bad_allow };
+        char err[256];
+
+        assert_int_equal(http_configure(&o, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "ftp://x/"));
+        o = (struct http_options) { .auth = &missing, .n_auth = 1 };
+        assert_int_equal(http_configure(&o, err, sizeof(err)), -ENOENT);
+        assert_non_null(strstr(err, "/nonexistent/key"));
+        configure(NULL, NULL, 0);
+}
+
+static int setup(void **state)
+{
+        assert_int_equal(http_global_init(), 0);
+        configure(NULL, NULL, 0);
+        srv.task = task_find("http");
+        assert_non_null(srv.task);
+        assert_non_null(mkdtemp(srv.dir));
+        srv.listen_fd = loopback_socket(true, &srv.port);
+        assert_int_equal(pipe2(srv.stop_pipe, O_CLOEXEC), 0);
+        assert_int_equal(pthread_create(&srv.thread, NULL, server_main, NULL), 0);
+        return 0;
+}
+
+static int teardown(void **state)
+{
+        assert_int_equal(write(srv.stop_pipe[1], "x", 1), 1);
+        pthread_join(srv.thread, NULL);
+        for (unsigned i = 0; i < srv.n_held; i++)
+                close(srv.held[i]);
+        close(srv.listen_fd);
+        close(srv.stop_pipe[0]);
+        close(srv.stop_pipe[1]);
+        rmdir(srv.dir);
+        http_global_cleanup();
+        return 0;
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_post_json_round_trip),
+                cmocka_unit_test(test_methods_and_body),
+                cmocka_unit_test(test_json_result),
+                cmocka_unit_test(test_text_and_binary_result),
+                cmocka_unit_test(test_429_retry_after),
+                cmocka_unit_test(test_500_retryable),
+                cmocka_unit_test(test_400_not_retryable),
+                cmocka_unit_test(test_response_too_large),
+                cmocka_unit_test(test_transport_errors),
+                cmocka_unit_test(test_request_timeout),
+                cmocka_unit_test(test_deadline_aborts),
+                cmocka_unit_test(test_stop_aborts),
+                cmocka_unit_test(test_validate_refusals),
+                cmocka_unit_test(test_default_authorization),
+                cmocka_unit_test(test_configure_refusals),
+        };
+
+        return cmocka_run_group_tests(tests, setup, teardown);
+}

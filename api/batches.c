@@ -26,6 +26,7 @@
 #include "api/request.h"
 #include "api/routes.h"
 #include "api/spec.h"
+#include "daemon/limiter.h"
 #include "daemon/log.h"
 #include "daemon/scheduler.h"
 #include "storage/batch.h"
@@ -35,10 +36,10 @@
 /* Jobs per ITEMS op: the memory an upload holds, and a commit per chunk. */
 #define UPLOAD_CHUNK 4096
 
-/* The fields of a JSON batch; all but items and jobs are the items'
- * defaults. */
+/* The fields of a JSON batch; all but items, jobs and limits are the
+ * items' defaults. */
 static const char *const batch_fields[] = {
-        "task", "kind", "timeout", "max_attempts", "priority", "items", "jobs", NULL,
+        "task", "kind", "timeout", "max_attempts", "priority", "limits", "items", "jobs", NULL,
 };
 
 enum upload_failure {
@@ -246,14 +247,38 @@ static void upload_add(struct upload *u, const json_t *spec, int64_t line)
         u->jobs[u->n_jobs++] = j;
 }
 
-static int upload_new(struct request *req, const struct spec_defaults *d, struct upload **ret)
+/* The batch's "limits" (absent or null: none) as stored text in *ret (the
+ * caller's, NULL for none). -EINVAL with err filled, or -ENOMEM. */
+static int batch_limits(const json_t *obj, char **ret, struct spec_error *err)
+{
+        const json_t *v = json_object_get(obj, "limits");
+        char *text = NULL;
+        int r;
+
+        if (v && !json_is_null(v)) {
+                r = limiter_limits_check(v, &text, err->message, sizeof(err->message));
+                if (r < 0) {
+                        err->code = "invalid_request";
+                        return r;
+                }
+        }
+        *ret = text;
+        return 0;
+}
+
+/* limits: stored text or NULL, taken in every case. */
+static int upload_new(struct request *req, const struct spec_defaults *d, char *limits,
+                      struct upload **ret)
 {
         struct upload *u = calloc(1, sizeof(*u));
 
-        if (!u)
+        if (!u) {
+                free(limits);
                 return -ENOMEM;
+        }
         u->batch = batch_new();
         if (!u->batch) {
+                free(limits);
                 free(u);
                 return -ENOMEM;
         }
@@ -261,6 +286,7 @@ static int upload_new(struct request *req, const struct spec_defaults *d, struct
         u->api = req->api;
         u->defaults = *d;
         u->batch->priority = d->priority;
+        u->batch->limits = limits;
         req->ctx = u;
         req->ctx_free = upload_release;
         *ret = u;
@@ -373,6 +399,7 @@ static enum MHD_Result json_start(struct request *req, struct upload **ret)
         struct spec_error err;
         struct upload *u;
         const char *name;
+        char *limits;
         int r;
 
         if (!json_is_object(body))
@@ -381,7 +408,7 @@ static enum MHD_Result json_start(struct request *req, struct upload **ret)
         if (name)
                 return reply_error(req, MHD_HTTP_BAD_REQUEST, "unknown_field",
                                    "unknown field \"%.64s\"; a batch has task, kind, timeout, "
-                                   "max_attempts, priority, and items or jobs", name);
+                                   "max_attempts, priority, limits, and items or jobs", name);
         items = field(body, "items");
         jobs = field(body, "jobs");
         if (!items == !jobs)
@@ -399,8 +426,16 @@ static enum MHD_Result json_start(struct request *req, struct upload **ret)
                 return reply_error(req, MHD_HTTP_CONTENT_TOO_LARGE, "batch_too_large",
                                    "a batch has at most %lld items",
                                    (long long) req->api->o.max_batch_items);
+        r = batch_limits(body, &limits, &err);
+        if (r == -EINVAL)
+                return bad_batch(req, err.code, err.message);
         wrapper = items ? json_object() : NULL;
-        r = items && !wrapper ? -ENOMEM : upload_new(req, &d, &u);
+        if (r == 0 && items && !wrapper) {
+                free(limits);
+                r = -ENOMEM;
+        }
+        if (r == 0)
+                r = upload_new(req, &d, limits, &u);
         if (r < 0) {
                 json_decref(wrapper);
                 return write_error(req, r, "starting the batch");
@@ -505,6 +540,7 @@ static enum MHD_Result ndjson_start(struct request *req)
         struct spec_defaults d;
         struct spec_error err;
         struct upload *u;
+        char *limits = NULL;
         int r = -ENOMEM;
 
         if (q.obj)
@@ -515,14 +551,18 @@ static enum MHD_Result ndjson_start(struct request *req)
                 json_decref(q.obj);
                 return reply_error(req, MHD_HTTP_BAD_REQUEST, "unknown_field",
                                    "unknown query argument \"%.64s\"; an NDJSON batch takes "
-                                   "task, kind, timeout, max_attempts and priority", q.unknown);
+                                   "task, kind, timeout, max_attempts, priority and limits",
+                                   q.unknown);
         }
         r = spec_batch_defaults(q.obj, req->api->o.default_timeout, &d, &err);
+        if (r == 0)
+                r = batch_limits(q.obj, &limits, &err);
         json_decref(q.obj);
         q.obj = NULL;
-        if (r < 0)
+        if (r == -EINVAL)
                 return reply_error(req, MHD_HTTP_BAD_REQUEST, err.code, "query: %s", err.message);
-        r = upload_new(req, &d, &u);
+        if (r == 0)
+                r = upload_new(req, &d, limits, &u);
         if (r == 0)
                 return MHD_YES;
 fail:

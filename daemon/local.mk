@@ -3,6 +3,7 @@ libfutured_a_SOURCES += \
 	daemon/log.c daemon/log.h \
 	daemon/listen.c daemon/listen.h \
 	daemon/scheduler.c daemon/scheduler.h \
+	daemon/limiter.c daemon/limiter.h \
 	daemon/iopool.c daemon/iopool.h \
 	daemon/procpool.c daemon/procpool.h \
 	daemon/frame.c daemon/frame.h \

@@ -282,6 +282,8 @@ static int run(const struct config *c)
                               .retry_base = c->retry_base,
                               .retry_max = c->retry_max,
                               .store = store,
+                              .host_concurrency = c->host_concurrency,
+                              .host_per_second = c->host_per_second,
                               .on_finished = on_job_finished,
                       },
                       &sched);

@@ -36,7 +36,21 @@
  *   drops its queued jobs (pending in the store, where WOP_BATCH_CANCEL
  *   ends them) and cancels its others one by one.
  * - Batch jobs do not count toward max_pending; the pages bound them.
- *   Batches are few next to jobs: they are found by a walk of a list. */
+ *   Batches are few next to jobs: they are found by a walk of a list.
+ *
+ * Limits (a batch's "limits", the per-host ones of http jobs): a job is
+ * attached to at most one limiter of each sort, from the moment it enters
+ * the map; its batch's limits are read by the feeder before its first page.
+ * - A due job goes through gate_job(): it is released (counted in every
+ *   limiter of it, into the ready heap, or into the delayed heap until the
+ *   rate lets it start) or held in the waiting heap of the first limiter
+ *   that cannot release it or has others waiting (no overtaking). Takers
+ *   thus never see a job they may not run, and a held job holds no thread.
+ * - A limiter that could release has nobody waiting: every change of its
+ *   counts (a start, an end, a released job cancelled) is followed by
+ *   lim_settle(), which releases its waiting jobs while it can.
+ * - A job delayed for a retry is not released: it goes through the gate
+ *   again when due, so a retry re-enters the limits. */
 #include "daemon/scheduler.h"
 
 #include <errno.h>
@@ -47,12 +61,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/limiter.h"
 #include "daemon/log.h"
 
 #define MAP_MIN_BUCKETS 1024
 /* Jobs of a batch loaded at most at once; the next page is read when
  * fewer than half of it is left. */
 #define BATCH_PAGE 1024
+/* Host limiters are looked up in a table of this many chains. */
+#define HOST_BUCKETS 256
 /* Seconds the feeder waits after the store refused a read. */
 #define FEED_RETRY_S 1.0
 /* Seconds sched_drain() waits for the writer to commit the requeues of the
@@ -65,6 +82,7 @@ enum sj_where {
         SJ_SUBMITTING,  /* SUBMIT at the writer; not in the map yet */
         SJ_READY,
         SJ_DELAYED,
+        SJ_WAITING,     /* held back by a limiter, in its waiting heap */
         SJ_RUNNING,
         SJ_REQUEUEING,  /* REQUEUE at the writer */
         SJ_FINISHING,   /* end decided; FINISH at the writer or about to be */
@@ -77,6 +95,8 @@ enum sj_stop {
         SJ_STOP_CANCEL,
         SJ_STOP_DRAIN,
 };
+
+enum { LIM_BATCH, LIM_HOST, LIM__COUNT };
 
 struct sched_job {
         struct sched *sched;
@@ -95,6 +115,9 @@ struct sched_job {
         struct sched_batch *batch;      /* NULL outside batches */
         bool tomb;                      /* cancelled before it was loaded */
         struct sched_job *tomb_next;    /* batch->tombs */
+        struct sched_limiter *lim[LIM__COUNT];  /* attached, or NULL */
+        struct sched_limiter *waiting_in;       /* while SJ_WAITING */
+        bool released;                  /* counted in its limiters, not started */
 };
 
 struct sched_batch {
@@ -109,6 +132,8 @@ struct sched_batch {
         struct sched_job *tombs;
         struct sched_batch *prev, *next;        /* sched->batches */
         struct sched_batch *want_next;
+        struct sched_limiter *limiter;  /* owned; NULL: no limits */
+        bool limits_read;
 };
 
 struct heap {
@@ -116,6 +141,17 @@ struct heap {
         size_t n;
         size_t cap;
         bool (*before)(const struct sched_job *a, const struct sched_job *b);
+};
+
+/* A limit and the jobs it holds back, in ready order; waiting has room for
+ * every job attached. A host's is freed with its last job, a batch's with
+ * the batch. */
+struct sched_limiter {
+        struct limiter lim;
+        struct heap waiting;
+        size_t refs;                    /* jobs attached */
+        char *host;                     /* owned; NULL for a batch's */
+        struct sched_limiter *hash_next;        /* sched->hosts */
 };
 
 struct sched {
@@ -132,6 +168,8 @@ struct sched {
         size_t submitting;
         size_t running[JOB_KIND__COUNT];
         size_t ops;                             /* job and batch-cancel ops in flight */
+        size_t waiting;                         /* jobs in limiters' waiting heaps */
+        struct sched_limiter *hosts[HOST_BUCKETS];
         bool stopping;
         unsigned short rand[3];                 /* jitter, erand48 */
 
@@ -145,6 +183,7 @@ struct sched {
         /* The feeder thread's alone: */
         struct store_reader *reader;
         struct job *page[BATCH_PAGE];
+        char *page_host[BATCH_PAGE];            /* the jobs' host keys, owned */
         size_t page_n;
 };
 
@@ -346,7 +385,7 @@ static size_t sched_pending(const struct sched *s)
 
         for (int k = 0; k < JOB_KIND__COUNT; k++)
                 n += s->ready[k].n + s->delayed[k].n;
-        return n - s->batch_queued;
+        return n + s->waiting - s->batch_queued;
 }
 
 /* Something sched_drain() waits for: a run, or an op at the writer. */
@@ -369,10 +408,195 @@ static void wake_drain(struct sched *s)
                 pthread_cond_broadcast(&s->idle);
 }
 
-/* A new scheduler entry for j, with heap room reserved; the job is only
- * borrowed until it succeeds. */
-static int sched_job_new(struct sched *s, struct job *j, struct sched_job **ret)
+/* ---- limiters ---- */
+
+static struct sched_limiter *lim_new(unsigned concurrency, double per_second)
 {
+        struct sched_limiter *l = calloc(1, sizeof(*l));
+
+        if (!l)
+                return NULL;
+        limiter_init(&l->lim, concurrency, per_second);
+        l->waiting.before = ready_before;
+        return l;
+}
+
+static void lim_free(struct sched_limiter *l)
+{
+        if (!l)
+                return;
+        free(l->waiting.v);
+        free(l->host);
+        free(l);
+}
+
+static size_t host_index(const char *host)
+{
+        uint64_t h = 0xcbf29ce484222325ull;
+
+        for (; *host; host++)
+                h = (h ^ (unsigned char)*host) * 0x100000001b3ull;
+        return (size_t)(h >> 32) & (HOST_BUCKETS - 1);
+}
+
+/* The limiter of host, made on first use; NULL on ENOMEM. */
+static struct sched_limiter *host_limiter_get(struct sched *s, const char *host)
+{
+        struct sched_limiter **p = &s->hosts[host_index(host)], *l;
+
+        for (l = *p; l; l = l->hash_next)
+                if (strcmp(l->host, host) == 0)
+                        return l;
+        l = lim_new(s->o.host_concurrency, s->o.host_per_second);
+        if (!l)
+                return NULL;
+        l->host = strdup(host);
+        if (!l->host) {
+                lim_free(l);
+                return NULL;
+        }
+        l->hash_next = *p;
+        *p = l;
+        return l;
+}
+
+static void host_limiter_forget(struct sched *s, struct sched_limiter *l)
+{
+        struct sched_limiter **p = &s->hosts[host_index(l->host)];
+
+        while (*p != l)
+                p = &(*p)->hash_next;
+        *p = l->hash_next;
+        lim_free(l);
+}
+
+/* Drops a reference; a host's limiter goes with its last job. */
+static void lim_unref(struct sched *s, struct sched_limiter *l)
+{
+        if (--l->refs == 0 && l->host)
+                host_limiter_forget(s, l);
+}
+
+static int lim_attach(struct sched_job *sj, int which, struct sched_limiter *l)
+{
+        if (heap_reserve(&l->waiting, l->refs + 1) < 0)
+                return -ENOMEM;
+        l->refs++;
+        sj->lim[which] = l;
+        return 0;
+}
+
+static void lims_detach(struct sched *s, struct sched_job *sj)
+{
+        for (int i = 0; i < LIM__COUNT; i++)
+                if (sj->lim[i]) {
+                        lim_unref(s, sj->lim[i]);
+                        sj->lim[i] = NULL;
+                }
+}
+
+/* Releases sj through its limiters, or holds it in the first that cannot
+ * take it or has others waiting. from (may be NULL) is the limiter whose
+ * waiting heap sj just left: its other waiters come after sj. */
+static void gate_job(struct sched *s, struct sched_job *sj, struct sched_limiter *from)
+{
+        int64_t now = job_now_ms(), at = now;
+        int k = sj->job->kind;
+
+        for (int i = 0; i < LIM__COUNT; i++) {
+                struct sched_limiter *l = sj->lim[i];
+
+                if (l && ((l != from && l->waiting.n > 0) || !limiter_can_release(&l->lim))) {
+                        sj->where = SJ_WAITING;
+                        sj->waiting_in = l;
+                        heap_push(&l->waiting, sj);
+                        s->waiting++;
+                        return;
+                }
+        }
+        for (int i = 0; i < LIM__COUNT; i++)
+                if (sj->lim[i]) {
+                        int64_t t = limiter_release(&sj->lim[i]->lim, now);
+
+                        if (t > at)
+                                at = t;
+                        sj->released = true;
+                }
+        if (at > now) {
+                /* the rate's slot: in memory only, the stored ready_at stays */
+                sj->job->ready_at = at;
+                sj->where = SJ_DELAYED;
+                heap_push(&s->delayed[k], sj);
+                pthread_cond_broadcast(&s->wake[k]);
+        } else {
+                sj->where = SJ_READY;
+                heap_push(&s->ready[k], sj);
+                pthread_cond_signal(&s->wake[k]);
+        }
+}
+
+/* After the counts of l changed: releases its waiting jobs while it can. A
+ * job may move on to wait in its other limiter; none comes back to l. */
+static void lim_settle(struct sched *s, struct sched_limiter *l)
+{
+        struct sched_job *sj;
+
+        while (limiter_can_release(&l->lim) && (sj = heap_top(&l->waiting))) {
+                heap_remove(&l->waiting, sj);
+                s->waiting--;
+                gate_job(s, sj, l);
+        }
+}
+
+static void lims_settle(struct sched *s, struct sched_job *sj)
+{
+        for (int i = 0; i < LIM__COUNT; i++)
+                if (sj->lim[i])
+                        lim_settle(s, sj->lim[i]);
+}
+
+/* A released job leaves its heap without running. */
+static void lims_unrelease(struct sched *s, struct sched_job *sj)
+{
+        if (!sj->released)
+                return;
+        sj->released = false;
+        for (int i = 0; i < LIM__COUNT; i++)
+                if (sj->lim[i])
+                        limiter_unrelease(&sj->lim[i]->lim);
+        lims_settle(s, sj);
+}
+
+static void lims_start(struct sched *s, struct sched_job *sj)
+{
+        int64_t now = job_now_ms();
+
+        if (!sj->released)
+                return;
+        sj->released = false;
+        for (int i = 0; i < LIM__COUNT; i++)
+                if (sj->lim[i])
+                        limiter_start(&sj->lim[i]->lim, now);
+        lims_settle(s, sj);
+}
+
+static void lims_finish(struct sched *s, struct sched_job *sj)
+{
+        for (int i = 0; i < LIM__COUNT; i++)
+                if (sj->lim[i])
+                        limiter_finish(&sj->lim[i]->lim);
+        lims_settle(s, sj);
+}
+
+/* ---- jobs ---- */
+
+/* A new scheduler entry for j, with heap room reserved, attached to the
+ * limiters of host (a key, borrowed; NULL: none) and of its batch (NULL:
+ * none); the job is only borrowed until it succeeds. */
+static int sched_job_new(struct sched *s, struct job *j, const char *host,
+                         struct sched_limiter *batch_lim, struct sched_job **ret)
+{
+        struct sched_limiter *hl = NULL;
         struct sched_job *sj;
         int k;
 
@@ -385,18 +609,45 @@ static int sched_job_new(struct sched *s, struct job *j, struct sched_job **ret)
         sj = calloc(1, sizeof(*sj));
         if (!sj)
                 return -ENOMEM;
+        if (host) {
+                hl = host_limiter_get(s, host);
+                if (!hl || lim_attach(sj, LIM_HOST, hl) < 0)
+                        goto fail;
+        }
+        if (batch_lim && lim_attach(sj, LIM_BATCH, batch_lim) < 0)
+                goto fail;
         sj->sched = s;
         sj->job = j;
         s->live[k]++;
         *ret = sj;
         return 0;
+
+fail:
+        /* a host limiter made for this job alone */
+        if (hl && !sj->lim[LIM_HOST] && hl->refs == 0)
+                host_limiter_forget(s, hl);
+        lims_detach(s, sj);
+        free(sj);
+        return -ENOMEM;
 }
 
 static void sched_job_free(struct sched *s, struct sched_job *sj)
 {
         s->live[sj->job->kind]--;
+        lims_detach(s, sj);
         job_free(sj->job);
         free(sj);
+}
+
+/* The key of j's host when host limits are set, else NULL, in *ret (the
+ * caller's). 0 or -ENOMEM. Reads no scheduler state: called unlocked. */
+static int host_key(const struct sched *s, const struct job *j, char **ret)
+{
+        if (s->o.host_concurrency == 0 && s->o.host_per_second <= 0) {
+                *ret = NULL;
+                return 0;
+        }
+        return limiter_host_key(j, ret);
 }
 
 /* Out of the map and freed. The caller settles its batch. */
@@ -408,7 +659,8 @@ static void forget_job(struct sched *s, struct sched_job *sj)
         sched_job_free(s, sj);
 }
 
-/* Into the ready or the delayed heap of its kind, and tells the takers. */
+/* Into the delayed heap of its kind until its retry is due, else through
+ * its limiters; tells the takers. */
 static void queue_job(struct sched *s, struct sched_job *sj)
 {
         int k = sj->job->kind;
@@ -420,28 +672,39 @@ static void queue_job(struct sched *s, struct sched_job *sj)
         sj->stop = SJ_STOP_NONE;
         sj->interrupt = NULL;
         sj->interrupt_arg = NULL;
+        sj->released = false;
         if (sj->job->ready_at > job_now_ms()) {
                 sj->where = SJ_DELAYED;
                 heap_push(&s->delayed[k], sj);
                 /* every waiter may need an earlier deadline */
                 pthread_cond_broadcast(&s->wake[k]);
-        } else {
-                sj->where = SJ_READY;
-                heap_push(&s->ready[k], sj);
-                pthread_cond_signal(&s->wake[k]);
-        }
+        } else
+                gate_job(s, sj, NULL);
 }
 
-/* Out of its ready or delayed heap. The caller settles its batch. */
+/* Out of its ready, delayed or waiting heap; a released job still counts
+ * in its limiters. The caller settles its batch. */
 static void unqueue_job(struct sched *s, struct sched_job *sj)
 {
         int k = sj->job->kind;
 
-        heap_remove(sj->where == SJ_READY ? &s->ready[k] : &s->delayed[k], sj);
+        if (sj->where == SJ_WAITING) {
+                heap_remove(&sj->waiting_in->waiting, sj);
+                sj->waiting_in = NULL;
+                s->waiting--;
+        } else
+                heap_remove(sj->where == SJ_READY ? &s->ready[k] : &s->delayed[k], sj);
         if (sj->batch) {
                 sj->batch->queued--;
                 s->batch_queued--;
         }
+}
+
+/* A queued job leaves for good (cancelled or dropped). */
+static void drop_queued(struct sched *s, struct sched_job *sj)
+{
+        unqueue_job(s, sj);
+        lims_unrelease(s, sj);
 }
 
 /* ---- batches ---- */
@@ -463,6 +726,7 @@ static void batch_forget(struct sched *s, struct sched_batch *b)
                 s->batches = b->next;
         if (b->next)
                 b->next->prev = b->prev;
+        lim_free(b->limiter);
         free(b);
 }
 
@@ -700,21 +964,30 @@ static void submit_done(struct wop *op)
 
 /* ---- the feeder ---- */
 
+/* Outside the lock: the host key is worked out here, not under it. */
 static int page_add(struct job *j, void *userdata)
 {
         struct sched *s = userdata;
+        char *host;
+        int r;
 
+        r = host_key(s, j, &host);
+        if (r < 0) {
+                job_free(j);
+                return r;
+        }
+        s->page_host[s->page_n] = host;
         s->page[s->page_n++] = j;
         return 0;
 }
 
 /* Takes j (from the store) as a loaded job of b. */
-static int load_job(struct sched *s, struct sched_batch *b, struct job *j)
+static int load_job(struct sched *s, struct sched_batch *b, struct job *j, const char *host)
 {
         struct sched_job *sj;
         int r;
 
-        r = sched_job_new(s, j, &sj);
+        r = sched_job_new(s, j, host, b->limiter, &sj);
         if (r < 0)
                 return r;
         j->state = JOB_PENDING;
@@ -744,36 +1017,81 @@ static void feed_insert(struct sched *s, struct sched_batch *b, int limit, int r
 
                         if (map_find(s, id))
                                 job_free(j);
-                        else if (load_job(s, b, j) < 0) {
+                        else if (load_job(s, b, j, s->page_host[i]) < 0) {
                                 log_error("batch %lld: out of memory loading job %lld",
                                           (long long)b->id, (long long)id);
                                 s->feed_paused = true;
                                 s->feed_resume = monotonic_after(FEED_RETRY_S);
                                 break;
                         }
+                        free(s->page_host[i]);
                         b->cursor = id;
                 }
                 if (i == s->page_n && s->page_n < (size_t)limit)
                         b->closed = true;
         }
-        for (; i < s->page_n; i++)
+        for (; i < s->page_n; i++) {
                 job_free(s->page[i]);
+                free(s->page_host[i]);
+        }
         s->page_n = 0;
         b->loading = false;
         batch_settle(s, b);
 }
 
-/* Under the lock, which it drops while it reads the store. */
+/* Outside the lock: the limits stored with batch id. A batch that is gone
+ * or whose limits do not parse runs without. */
+static int feed_limits(struct sched *s, int64_t id, unsigned *ret_concurrency,
+                       double *ret_per_second)
+{
+        struct batch *b;
+        int r;
+
+        *ret_concurrency = 0;
+        *ret_per_second = 0;
+        r = store_get_batch(s->reader, id, &b);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return r;
+        if (limiter_limits_parse(b->limits, ret_concurrency, ret_per_second) < 0)
+                log_warning("batch %lld: ignoring its unreadable limits", (long long)id);
+        batch_free(b);
+        return 0;
+}
+
+/* Under the lock, before b's first job is loaded. */
+static int batch_set_limits(struct sched_batch *b, unsigned concurrency, double per_second)
+{
+        if (concurrency > 0 || per_second > 0) {
+                b->limiter = lim_new(concurrency, per_second);
+                if (!b->limiter)
+                        return -ENOMEM;
+        }
+        b->limits_read = true;
+        return 0;
+}
+
+/* Under the lock, which it drops while it reads the store: the batch's
+ * limits the first time, then a page. */
 static void feed_batch(struct sched *s, struct sched_batch *b)
 {
         int64_t after = b->cursor;
         int limit = BATCH_PAGE - (int)b->queued;
-        int r;
+        bool read_limits = !b->limits_read;
+        unsigned concurrency = 0;
+        double per_second = 0;
+        int r = 0;
 
         b->loading = true;
         pthread_mutex_unlock(&s->lock);
-        r = store_batch_pending(s->reader, b->id, after, limit, page_add, s);
+        if (read_limits)
+                r = feed_limits(s, b->id, &concurrency, &per_second);
+        if (r == 0)
+                r = store_batch_pending(s->reader, b->id, after, limit, page_add, s);
         pthread_mutex_lock(&s->lock);
+        if (r == 0 && read_limits)
+                r = batch_set_limits(b, concurrency, per_second);
         feed_insert(s, b, limit, r);
 }
 
@@ -915,16 +1233,23 @@ void sched_free(struct sched *s)
 int sched_restore(struct sched *s, struct job *j)
 {
         struct sched_job *sj;
+        char *host;
         int r;
 
+        r = host_key(s, j, &host);
+        if (r < 0) {
+                job_free(j);
+                return r;
+        }
         pthread_mutex_lock(&s->lock);
-        r = sched_job_new(s, j, &sj);
+        r = sched_job_new(s, j, host, NULL, &sj);
         if (r == 0) {
                 j->state = JOB_PENDING;
                 map_add(s, sj);
                 queue_job(s, sj);
         }
         pthread_mutex_unlock(&s->lock);
+        free(host);
         if (r < 0)
                 job_free(j);
         return r;
@@ -933,15 +1258,19 @@ int sched_restore(struct sched *s, struct job *j)
 int sched_submit(struct sched *s, struct sched_submission *sub)
 {
         struct sched_job *sj;
+        char *host;
         int r;
 
+        r = host_key(s, sub->job, &host);
+        if (r < 0)
+                return r;
         pthread_mutex_lock(&s->lock);
         if (s->stopping)
                 r = -ESHUTDOWN;
         else if (sched_pending(s) >= s->o.max_pending)
                 r = -EAGAIN;
         else
-                r = sched_job_new(s, sub->job, &sj);
+                r = sched_job_new(s, sub->job, host, NULL, &sj);
         if (r == 0) {
                 sj->where = SJ_SUBMITTING;
                 sj->sub = sub;
@@ -955,6 +1284,7 @@ int sched_submit(struct sched *s, struct sched_submission *sub)
                 writer_push(s->o.writer, &sub->op);
         }
         pthread_mutex_unlock(&s->lock);
+        free(host);
         return r;
 }
 
@@ -964,7 +1294,8 @@ static int cancel_job(struct sched *s, struct sched_job *sj)
         switch (sj->where) {
         case SJ_READY:
         case SJ_DELAYED:
-                unqueue_job(s, sj);
+        case SJ_WAITING:
+                drop_queued(s, sj);
                 end_cancelled(s, sj);
                 return 0;
         case SJ_REQUEUEING:
@@ -1012,7 +1343,7 @@ static int cancel_unloaded(struct sched *s, int64_t id, int64_t batch)
                 return -ENOMEM;
         j->id = id;
         j->batch = batch;
-        r = sched_job_new(s, j, &sj);
+        r = sched_job_new(s, j, NULL, NULL, &sj);
         if (r < 0) {
                 job_free(j);
                 return r;
@@ -1081,8 +1412,9 @@ static void batch_stop_jobs(struct sched *s, struct sched_batch *b)
                         next = sj->hash_next;
                         if (sj->batch != b)
                                 continue;
-                        if (sj->where == SJ_READY || sj->where == SJ_DELAYED) {
-                                unqueue_job(s, sj);
+                        if (sj->where == SJ_READY || sj->where == SJ_DELAYED ||
+                            sj->where == SJ_WAITING) {
+                                drop_queued(s, sj);
                                 forget_job(s, sj);
                         } else
                                 cancel_job(s, sj);
@@ -1156,7 +1488,8 @@ out:
         return r;
 }
 
-/* Moves the delayed jobs of kind k whose time has come to the ready heap. */
+/* Moves the delayed jobs of kind k whose time has come on: a released one
+ * (its rate slot came) to the ready heap, a retry through its limiters. */
 static void promote_due(struct sched *s, int k)
 {
         int64_t now = job_now_ms();
@@ -1164,8 +1497,11 @@ static void promote_due(struct sched *s, int k)
 
         while ((sj = heap_top(&s->delayed[k])) && sj->job->ready_at <= now) {
                 heap_remove(&s->delayed[k], sj);
-                sj->where = SJ_READY;
-                heap_push(&s->ready[k], sj);
+                if (sj->released) {
+                        sj->where = SJ_READY;
+                        heap_push(&s->ready[k], sj);
+                } else
+                        gate_job(s, sj, NULL);
         }
 }
 
@@ -1196,6 +1532,7 @@ struct sched_job *sched_take(struct sched *s, enum job_kind kind,
 
         sj = heap_top(&s->ready[kind]);
         unqueue_job(s, sj);
+        lims_start(s, sj);
         if (sj->batch)
                 batch_settle(s, sj->batch);
         j = sj->job;
@@ -1224,6 +1561,7 @@ void sched_finish(struct sched *s, struct sched_job *sj, struct sched_outcome *o
 {
         pthread_mutex_lock(&s->lock);
         s->running[sj->job->kind]--;
+        lims_finish(s, sj);
         sj->where = SJ_FINISHING;
         if (sj->op_busy) {
                 sj->outcome = *o;
@@ -1278,6 +1616,7 @@ void sched_get_stats(struct sched *s, struct sched_stats *ret)
                 ret->delayed += s->delayed[k].n;
                 ret->running[k] = s->running[k];
         }
+        ret->limited = s->waiting;
         pthread_mutex_unlock(&s->lock);
 }
 

@@ -12,7 +12,19 @@
  * Batches are not held whole: a sealed batch's pending jobs stay in the
  * store and a feeder thread loads them a page at a time, in id (item)
  * order, outside the lock, whenever fewer than a page of the batch is
- * loaded. Memory is bounded by the pages in flight, not by batch size. */
+ * loaded. Memory is bounded by the pages in flight, not by batch size.
+ *
+ * Limits cap how many jobs run at once and how often they start:
+ * - a batch's "limits" ({"concurrency": N, "per_second": R}, stored with
+ *   the batch, read by the feeder) apply to every job of the batch,
+ *   whatever its task;
+ * - host_concurrency and host_per_second apply to http jobs only, per host
+ *   (scheme, host and port of args.url, in lower case).
+ * A job under both runs only when both let it. A job held back by a limit
+ * waits here, not in a pool: sched_take() never hands it out before its
+ * slot, and it is taken once a run of its batch or host ends or the rate
+ * lets it start. A cancel takes it out at once; a retry passes the limits
+ * again. */
 #ifndef FUTURED_SCHEDULER_H
 #define FUTURED_SCHEDULER_H
 
@@ -38,6 +50,8 @@ struct sched_options {
          * (a batch cancel), each with its own seq. */
         void (*on_finished)(int64_t id, int64_t batch, void *userdata);
         void *userdata;
+        unsigned host_concurrency;      /* http runs at once per host; 0: no limit */
+        double host_per_second;         /* http starts per host and second; 0: no limit */
 };
 
 int sched_new(const struct sched_options *o, struct sched **ret);
@@ -131,7 +145,8 @@ void sched_drain(struct sched *s, double grace);
 
 struct sched_stats {
         size_t pending[JOB_KIND__COUNT];        /* ready to run, loaded */
-        size_t delayed;                         /* waiting for a retry */
+        size_t delayed;                         /* waiting for a retry or a rate slot */
+        size_t limited;                         /* held back by a concurrency or rate limit */
         size_t running[JOB_KIND__COUNT];
 };
 void sched_get_stats(struct sched *s, struct sched_stats *ret);

@@ -8,7 +8,8 @@ UNIT_TESTS = \
 	tests/unit/test_config \
 	tests/unit/test_http \
 	tests/unit/test_exec \
-	tests/unit/test_hub
+	tests/unit/test_hub \
+	tests/unit/test_limiter
 
 check_PROGRAMS += $(UNIT_TESTS)
 UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) -DFUTURED_BIN=\"$(abs_top_builddir)/futured\"
@@ -30,6 +31,8 @@ tests_unit_test_exec_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_exec_LDADD = $(UNIT_LDADD)
 tests_unit_test_hub_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_hub_LDADD = $(UNIT_LDADD)
+tests_unit_test_limiter_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_limiter_LDADD = $(UNIT_LDADD)
 
 E2E_TESTS = \
 	tests/e2e/test_jobs.py \
@@ -41,10 +44,11 @@ E2E_TESTS = \
 	tests/e2e/test_exec.py \
 	tests/e2e/test_batches.py \
 	tests/e2e/test_streams.py \
-	tests/e2e/test_wait.py
+	tests/e2e/test_wait.py \
+	tests/e2e/test_http.py
 
 TESTS += $(UNIT_TESTS) $(E2E_TESTS)
-EXTRA_DIST += $(E2E_TESTS) tests/e2e/harness.py
+EXTRA_DIST += $(E2E_TESTS) tests/e2e/harness.py tests/e2e/fakeapi.py
 TEST_EXTENSIONS = .py
 PY_LOG_COMPILER = $(PYTHON3)
 AM_TESTS_ENVIRONMENT = \

@@ -221,9 +221,12 @@ static int teardown(void **state)
         return 0;
 }
 
-static void start_sched(struct fixture *fx, size_t max_pending)
+static void start_sched_limited(struct fixture *fx, size_t max_pending,
+                                unsigned host_concurrency, double host_per_second)
 {
         struct sched_options o = {
+                .host_concurrency = host_concurrency,
+                .host_per_second = host_per_second,
                 .writer = fx->writer,
                 .max_pending = max_pending,
                 .retry_base = 0.05,
@@ -234,6 +237,11 @@ static void start_sched(struct fixture *fx, size_t max_pending)
         };
 
         assert_int_equal(sched_new(&o, &fx->sched), 0);
+}
+
+static void start_sched(struct fixture *fx, size_t max_pending)
+{
+        start_sched_limited(fx, max_pending, 0, 0);
 }
 
 static void start_pool(struct fixture *fx, unsigned threads)
@@ -601,8 +609,9 @@ static int writer_call(struct fixture *fx, const struct wop *op)
 }
 
 /* Stores a sealed batch of n noop jobs as the api does (OPEN, ITEMS, SEAL)
- * and makes it the fixture's batch under test. */
-static void store_batch(struct fixture *fx, size_t n, int priority)
+ * with these limits (JSON text or NULL) and makes it the fixture's batch
+ * under test. */
+static void store_limited_batch(struct fixture *fx, size_t n, int priority, const char *limits)
 {
         struct job *chunk[ITEMS_CHUNK];
         struct batch *b = batch_new();
@@ -610,6 +619,10 @@ static void store_batch(struct fixture *fx, size_t n, int priority)
 
         assert_non_null(b);
         b->priority = priority;
+        if (limits) {
+                b->limits = strdup(limits);
+                assert_non_null(b->limits);
+        }
         assert_int_equal(writer_call(fx, &(struct wop) { .type = WOP_BATCH_OPEN, .batch = b }), 0);
         for (size_t i = 0; i < n; i += ITEMS_CHUNK) {
                 size_t m = n - i < ITEMS_CHUNK ? n - i : ITEMS_CHUNK;
@@ -646,6 +659,11 @@ static void store_batch(struct fixture *fx, size_t n, int priority)
         assert_non_null(fx->ended);
         assert_non_null(fx->taken);
         batch_free(b);
+}
+
+static void store_batch(struct fixture *fx, size_t n, int priority)
+{
+        store_limited_batch(fx, n, priority, NULL);
 }
 
 static struct batch *stored_batch(struct fixture *fx)
@@ -1022,6 +1040,234 @@ static void test_batch_cancel_racing(void **state)
         batch_free(b);
 }
 
+/* ---- limits ---- */
+
+/* Threads that take io jobs and hold each for HOLD_MS of "work", noting
+ * how many ran at once and when each started. */
+#define LIMIT_THREADS 16
+#define HOLD_MS 5
+
+struct limit_pool {
+        struct fixture *fx;
+        pthread_t threads[LIMIT_THREADS];
+        size_t in_flight;
+        size_t max_in_flight;
+        double first, last;     /* monotonic seconds of the first and last take */
+        double min_gap;         /* between consecutive takes */
+        size_t ntaken;
+};
+
+static void *limit_pool_main(void *arg)
+{
+        struct limit_pool *lp = arg;
+        struct fixture *fx = lp->fx;
+        struct sched_job *sj;
+
+        while ((sj = sched_take(fx->sched, JOB_KIND_IO, no_interrupt, NULL))) {
+                struct sched_outcome o = { .result = json_object() };
+                struct timespec hold = { .tv_nsec = HOLD_MS * 1000000L };
+                int64_t id = sched_job_job(sj)->id;
+                double t = now_s();
+
+                pthread_mutex_lock(&fx->lock);
+                if (id >= fx->base && id < fx->base + (int64_t)fx->n)
+                        fx->taken[id - fx->base]++;
+                if (lp->ntaken++ == 0)
+                        lp->first = t;
+                else if (t - lp->last < lp->min_gap)
+                        lp->min_gap = t - lp->last;
+                lp->last = t;
+                if (++lp->in_flight > lp->max_in_flight)
+                        lp->max_in_flight = lp->in_flight;
+                pthread_mutex_unlock(&fx->lock);
+                /* the run's work */
+                nanosleep(&hold, NULL);
+                pthread_mutex_lock(&fx->lock);
+                lp->in_flight--;
+                pthread_mutex_unlock(&fx->lock);
+                sched_finish(fx->sched, sj, &o);
+        }
+        return NULL;
+}
+
+static void limit_pool_start(struct limit_pool *lp, struct fixture *fx)
+{
+        *lp = (struct limit_pool) { .fx = fx, .min_gap = 1e9 };
+        for (size_t i = 0; i < LIMIT_THREADS; i++)
+                assert_int_equal(pthread_create(&lp->threads[i], NULL, limit_pool_main, lp), 0);
+}
+
+static void limit_pool_stop(struct limit_pool *lp)
+{
+        sched_drain(lp->fx->sched, 1);
+        for (size_t i = 0; i < LIMIT_THREADS; i++)
+                pthread_join(lp->threads[i], NULL);
+}
+
+static void test_batch_limit_concurrency(void **state)
+{
+        struct fixture *fx = *state;
+        struct limit_pool lp;
+        size_t n = 200;
+
+        start_sched(fx, 100);
+        store_limited_batch(fx, n, 0, "{\"concurrency\":4}");
+        limit_pool_start(&lp, fx);
+        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
+        assert_true(wait_until(fx, finished_count, &n));
+        limit_pool_stop(&lp);
+
+        assert_int_equal(lp.max_in_flight, 4);
+        assert_batch_ended(fx, NULL, 0);
+}
+
+static void test_batch_limit_rate(void **state)
+{
+        struct fixture *fx = *state;
+        struct limit_pool lp;
+        size_t n = 40;
+        double span;
+
+        start_sched(fx, 100);
+        store_limited_batch(fx, n, 0, "{\"per_second\":20}");
+        limit_pool_start(&lp, fx);
+        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
+        assert_true(wait_until(fx, finished_count, &n));
+        limit_pool_stop(&lp);
+
+        /* 39 gaps of 50 ms */
+        span = lp.last - lp.first;
+        assert_true(span > 1.95 * 0.9 && span < 1.95 * 1.1);
+        assert_true(lp.min_gap > 0.045);
+        assert_batch_ended(fx, NULL, 0);
+}
+
+static bool limited_count(struct fixture *fx, const void *arg)
+{
+        struct sched_stats st;
+
+        sched_get_stats(fx->sched, &st);
+        return st.limited == *(const size_t *)arg;
+}
+
+static int64_t submit_http(struct fixture *fx, const char *url, int priority)
+{
+        char args[128];
+
+        snprintf(args, sizeof(args), "{\"url\": \"%s\"}", url);
+        return submit(fx, make_job("http", args, 10, 1, priority));
+}
+
+static struct sched_job *take_now(struct fixture *fx, int64_t expected)
+{
+        struct sched_job *sj = sched_take(fx->sched, JOB_KIND_IO, no_interrupt, NULL);
+
+        assert_non_null(sj);
+        assert_int_equal(sched_job_job(sj)->id, expected);
+        return sj;
+}
+
+/* Per host: two at once, whatever the spelling of the host; a held job is
+ * not ready, waits in priority order, and can be cancelled. Released jobs
+ * keep their slots: a later job of higher priority waits behind them. */
+static void test_host_concurrency(void **state)
+{
+        struct fixture *fx = *state;
+        struct sched_job *sj[4];
+        struct sched_stats st;
+        int64_t a[5], b;
+        struct job *j;
+
+        start_sched_limited(fx, 100, 2, 0);
+        a[0] = submit_http(fx, "http://A.example/x", 0);
+        a[1] = submit_http(fx, "HTTP://a.example:80/y", 0);
+        a[2] = submit_http(fx, "http://a.example/z", 0);
+        a[3] = submit_http(fx, "http://a.example/z", 5);
+        a[4] = submit_http(fx, "http://a.example/z", 0);
+        b = submit_http(fx, "http://a.example:8080/", 0);
+
+        sj[0] = take_now(fx, a[0]);
+        sj[1] = take_now(fx, a[1]);
+        sj[2] = take_now(fx, b);
+        sched_get_stats(fx->sched, &st);
+        assert_int_equal(st.pending[JOB_KIND_IO], 0);
+        assert_int_equal(st.limited, 3);
+
+        assert_int_equal(sched_cancel(fx->sched, a[2], 0), 0);
+        wait_finished(fx, a[2]);
+        assert_true(wait_until(fx, limited_count, &(size_t){ 2 }));
+
+        finish_success(fx, sj[0]);
+        sj[3] = take_now(fx, a[3]);
+        finish_success(fx, sj[1]);
+        finish_success(fx, sj[2]);
+        finish_success(fx, sj[3]);
+        take_expect(fx, (const int64_t[]) { a[4] }, 1);
+        assert_true(wait_until(fx, limited_count, &(size_t){ 0 }));
+        assert_true(wait_until(fx, io_pending, &(size_t){ 0 }));
+
+        j = stored(fx, a[2]);
+        assert_int_equal(j->state, JOB_CANCELLED);
+        assert_int_equal(j->attempts, 0);
+        job_free(j);
+}
+
+static void test_host_rate(void **state)
+{
+        struct fixture *fx = *state;
+        int64_t id[5];
+        double t0, t;
+
+        start_sched_limited(fx, 100, 0, 10);
+        for (int i = 0; i < 5; i++)
+                id[i] = submit_http(fx, "http://127.0.0.1:9/", 0);
+        t0 = now_s();
+        take_expect(fx, id, 5);
+        t = now_s() - t0;
+        /* four gaps of 100 ms */
+        assert_true(t > 0.36 && t < 0.6);
+}
+
+/* A batch at its limit holds its jobs back; a cancel of one of them, then
+ * of the batch, leaves nothing held; a retry waits for a slot again. */
+static void test_batch_limit_cancel(void **state)
+{
+        struct fixture *fx = *state;
+        struct sched_batch_cancel c = { .done = batch_cancel_done, .userdata = fx };
+        size_t n = 10, held = 9, fewer = 7, zero = 0;
+        struct sched_job *sj;
+        struct sched_outcome o;
+
+        start_sched(fx, 100);
+        store_limited_batch(fx, n, 0, "{\"concurrency\":1}");
+        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
+        assert_true(wait_until(fx, io_pending, &(size_t){ 1 }));
+        assert_true(wait_until(fx, limited_count, &held));
+
+        sj = take_now(fx, fx->base);
+        /* fails retryably: the next one gets the slot, the retry waits its
+         * backoff (no taker promotes it meanwhile) */
+        o = (struct sched_outcome) {
+                .error = json_pack("{s:s, s:s}", "type", "task_error", "message", "boom"),
+                .retryable = true,
+        };
+        sched_finish(fx->sched, sj, &o);
+        sj = take_now(fx, fx->base + 1);
+
+        assert_int_equal(sched_cancel(fx->sched, fx->base + 5, fx->batch), 0);
+        wait_finished(fx, fx->base + 5);
+        assert_true(wait_until(fx, limited_count, &fewer));
+
+        c.batch = fx->batch;
+        assert_int_equal(sched_cancel_batch(fx->sched, &c), 0);
+        assert_true(wait_until(fx, batch_cancelled, NULL));
+        assert_int_equal(c.result, 0);
+        assert_true(wait_until(fx, limited_count, &zero));
+        assert_true(wait_until(fx, io_pending, &zero));
+        finish_success(fx, sj);
+        wait_finished(fx, fx->base + 1);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -1039,6 +1285,11 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_batch_cancel_while_running, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_cancel_racing, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_recovered, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_limit_concurrency, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_limit_rate, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_host_concurrency, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_host_rate, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_limit_cancel, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -12,12 +12,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "tasks/task.h"
 
 static const char *const spec_fields[] = {
         "task", "args", "kind", "timeout", "max_attempts", "priority", "key", "tag", NULL,
 };
+
+static const char *const openai_fields[] = { "custom_id", "method", "url", "body", NULL };
 
 __attribute__((format(printf, 3, 4)))
 static int spec_fail(struct spec_error *err, const char *code, const char *fmt, ...)
@@ -77,22 +80,22 @@ int spec_parse(const char *text, size_t len, json_t **ret, struct spec_error *er
         return 0;
 }
 
-static int check_fields(const json_t *spec, struct spec_error *err)
+/* fields: what obj may have; has: how the refusal lists them. */
+static int check_fields(const json_t *obj, const char *const *fields, const char *has,
+                        struct spec_error *err)
 {
         const char *name;
         json_t *v;
 
-        json_object_foreach((json_t *) spec, name, v) {
+        json_object_foreach((json_t *) obj, name, v) {
                 const char *const *f;
 
-                for (f = spec_fields; *f; f++)
+                for (f = fields; *f; f++)
                         if (strcmp(*f, name) == 0)
                                 break;
                 if (!*f)
-                        return spec_fail(err, "unknown_field",
-                                         "unknown field \"%.64s\"; a job spec has task, args, "
-                                         "kind, timeout, max_attempts, priority, key and tag",
-                                         name);
+                        return spec_fail(err, "unknown_field", "unknown field \"%.64s\"; %s",
+                                         name, has);
         }
         return 0;
 }
@@ -304,7 +307,8 @@ int spec_job(const json_t *spec, const struct spec_defaults *d, struct job **ret
 
         if (!json_is_object(spec))
                 return spec_fail(err, "invalid_request", "a job spec must be a JSON object");
-        r = check_fields(spec, err);
+        r = check_fields(spec, spec_fields, "a job spec has task, args, kind, timeout, "
+                         "max_attempts, priority, key and tag", err);
         if (r < 0)
                 return r;
         /* Refused before anything is built: the batch decides these. */
@@ -391,5 +395,93 @@ int spec_batch_defaults(const json_t *obj, double timeout, struct spec_defaults 
         if (r < 0)
                 return r;
         *ret = d;
+        return 0;
+}
+
+/* No space and no control byte: what a URL may hold unescaped (bytes
+ * past ASCII are left to the URL parser). */
+static bool url_text_ok(const char *s)
+{
+        for (; *s; s++)
+                if ((unsigned char) *s <= ' ' || *s == 0x7f)
+                        return false;
+        return true;
+}
+
+int spec_openai_base_url(const char *url, char **ret, struct spec_error *err)
+{
+        size_t n = strlen(url), scheme = 0;
+        char *s;
+
+        if (strncasecmp(url, "http://", 7) == 0)
+                scheme = 7;
+        else if (strncasecmp(url, "https://", 8) == 0)
+                scheme = 8;
+        while (n > scheme && url[n - 1] == '/')
+                n--;
+        if (scheme == 0 || n == scheme || n > SPEC_OPENAI_MAX_URL || strpbrk(url, "?#") ||
+            !url_text_ok(url))
+                return spec_fail(err, "invalid_request",
+                                 "base_url must be an http:// or https:// URL of at most %d "
+                                 "bytes, with a host and no query or fragment",
+                                 SPEC_OPENAI_MAX_URL);
+        s = strndup(url, n);
+        if (!s)
+                return spec_fail(err, "internal", "out of memory");
+        *ret = s;
+        return 0;
+}
+
+int spec_openai_line(const json_t *line, const char *base_url, json_t **ret,
+                     const json_t **ret_custom_id, struct spec_error *err)
+{
+        const json_t *id, *method, *url, *body;
+        json_t *spec;
+        char *full;
+        int r;
+
+        if (!json_is_object(line))
+                return spec_fail(err, "invalid_request",
+                                 "a line of an OpenAI batch file must be a JSON object");
+        r = check_fields(line, openai_fields, "a line has custom_id, method, url and body", err);
+        if (r < 0)
+                return r;
+        id = json_object_get(line, "custom_id");
+        if (!json_is_string(id) || json_string_length(id) < 1 ||
+            json_string_length(id) > SPEC_OPENAI_MAX_CUSTOM_ID)
+                return spec_fail(err, "invalid_request",
+                                 "\"custom_id\" must be a string of 1 to %d bytes",
+                                 SPEC_OPENAI_MAX_CUSTOM_ID);
+        method = json_object_get(line, "method");
+        if (!json_is_string(method))
+                return spec_fail(err, "invalid_request",
+                                 "\"method\" must be a string, such as \"POST\"");
+        url = json_object_get(line, "url");
+        if (!json_is_string(url) || json_string_value(url)[0] != '/' ||
+            json_string_length(url) > SPEC_OPENAI_MAX_URL ||
+            strlen(json_string_value(url)) != json_string_length(url) ||
+            !url_text_ok(json_string_value(url)))
+                return spec_fail(err, "invalid_request",
+                                 "\"url\" must be a path such as \"/v1/chat/completions\" "
+                                 "(it is joined to the base URL), at most %d bytes",
+                                 SPEC_OPENAI_MAX_URL);
+        body = field(line, "body");
+        if (body && !json_is_object(body))
+                return spec_fail(err, "invalid_request", "\"body\" must be a JSON object");
+
+        if (asprintf(&full, "%s%s", base_url, json_string_value(url)) < 0)
+                return spec_fail(err, "internal", "out of memory");
+        spec = json_pack("{s:{s:O, s:s}, s:{s:O}}", "args", "method", (json_t *) method,
+                         "url", full, "tag", "custom_id", (json_t *) id);
+        free(full);
+        if (spec && body &&
+            json_object_set(json_object_get(spec, "args"), "json", (json_t *) body) < 0) {
+                json_decref(spec);
+                spec = NULL;
+        }
+        if (!spec)
+                return spec_fail(err, "internal", "out of memory");
+        *ret = spec;
+        *ret_custom_id = id;
         return 0;
 }

@@ -60,4 +60,25 @@ int spec_batch_defaults(const json_t *obj, double timeout, struct spec_defaults 
 int spec_job(const json_t *spec, const struct spec_defaults *d, struct job **ret,
              struct spec_error *err);
 
+/* OpenAI Batch API input files (POST /v1/batches?format=openai). A file
+ * has at most SPEC_OPENAI_MAX_LINES lines (OpenAI's own limit), so the set
+ * of custom_ids that finds duplicates stays bounded. */
+#define SPEC_OPENAI_MAX_LINES 50000
+#define SPEC_OPENAI_MAX_CUSTOM_ID 256   /* bytes */
+#define SPEC_OPENAI_MAX_URL 2048        /* bytes of base URL, and of a line's path */
+
+/* Checks a base URL (http:// or https://, no query or fragment) and returns
+ * it without trailing slashes in *ret (the caller's). -EINVAL with err
+ * filled, or -ENOMEM. */
+int spec_openai_base_url(const char *url, char **ret, struct spec_error *err);
+
+/* One line of an input file, {"custom_id", "method", "url", "body"}, as the
+ * spec of an http job against base_url (from spec_openai_base_url()):
+ * {"args": {"method", "url": base_url + url, "json": body}, "tag":
+ * {"custom_id"}}, with no task (the batch's). *ret is the caller's;
+ * *ret_custom_id is the line's string, borrowed. -EINVAL with err filled
+ * (the http task's own checks come later, in spec_job()), or -ENOMEM. */
+int spec_openai_line(const json_t *line, const char *base_url, json_t **ret,
+                     const json_t **ret_custom_id, struct spec_error *err);
+
 #endif

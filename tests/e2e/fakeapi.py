@@ -13,6 +13,12 @@ path; /__stats reports them):
   /status/CODE      CODE with {"error": {"message": "status CODE"}}
   /huge?bytes=N     200 with N bytes of "x" (text/plain), written in pieces
   /close            closes the connection without an answer
+  /v1/chat/completions
+                    an OpenAI-shaped chat completion with an x-request-id
+                    header: 200 {"id", "object", "model", "choices",
+                    "usage"}, the reply being "echo: " + the last message's
+                    content; a "model" of "status-CODE" answers CODE with an
+                    OpenAI error body, and "close" closes the connection
   /__stats?key=K    {"requests", "inflight", "max_inflight", "times"}: times
                     are the monotonic seconds at which each request came
   /__reset          forgets every key
@@ -23,6 +29,7 @@ import json
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -72,6 +79,9 @@ class Handler(BaseHTTPRequestHandler):
 
         def answer(self, status, obj=None, body=None, ctype="application/json", headers=()):
                 data = body if body is not None else json.dumps(obj).encode()
+                # Out of flight before the client can see the answer and
+                # send its next request.
+                self.done()
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
@@ -81,7 +91,13 @@ class Handler(BaseHTTPRequestHandler):
                 if self.command != "HEAD":
                         self.wfile.write(data)
 
+        def done(self):
+                if self.counted is not None:
+                        COUNTERS.end(self.counted)
+                        self.counted = None
+
         def handle_any(self):
+                self.counted = None
                 url = urlsplit(self.path)
                 q = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 length = int(self.headers.get("Content-Length") or 0)
@@ -93,10 +109,11 @@ class Handler(BaseHTTPRequestHandler):
                         return self.answer(200, {})
                 key = q.get("key", url.path)
                 n = COUNTERS.begin(key)
+                self.counted = key
                 try:
                         self.route(url, q, body, n)
                 finally:
-                        COUNTERS.end(key)
+                        self.done()
 
         def route(self, url, q, body, n):
                 if url.path == "/echo":
@@ -138,10 +155,45 @@ class Handler(BaseHTTPRequestHandler):
                                 pass    # the client gave up, as it should
                         return None
                 if url.path == "/close":
-                        self.close_connection = True
-                        self.connection.shutdown(2)
-                        return None
+                        return self.hang_up()
+                if url.path == "/v1/chat/completions":
+                        return self.chat_completion(body)
                 return self.answer(404, {"error": {"message": "no route %s" % url.path}})
+
+        def hang_up(self):
+                self.close_connection = True
+                self.connection.shutdown(2)
+
+        def chat_completion(self, body):
+                rid = [("x-request-id", "req_" + uuid.uuid4().hex)]
+                try:
+                        req = json.loads(body)
+                        model = req["model"]
+                        content = req["messages"][-1]["content"]
+                except (ValueError, KeyError, IndexError, TypeError):
+                        return self.answer(400, {"error": {"message": "bad request body",
+                                                           "type": "invalid_request_error"}},
+                                           headers=rid)
+                if model == "close":
+                        return self.hang_up()
+                if model.startswith("status-"):
+                        code = int(model[len("status-"):])
+                        return self.answer(code, {"error": {"message": "status %d" % code,
+                                                            "type": "invalid_request_error",
+                                                            "param": None, "code": None}},
+                                           headers=rid)
+                reply = "echo: " + content
+                return self.answer(200, {
+                        "id": "chatcmpl-" + uuid.uuid4().hex,
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": reply}}],
+                        "usage": {"prompt_tokens": len(content.split()),
+                                  "completion_tokens": len(reply.split()),
+                                  "total_tokens": len(content.split()) + len(reply.split())},
+                }, headers=rid)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = handle_any
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import unittest
 import uuid
 
 import harness
@@ -46,15 +45,19 @@ def fresh_key():
         return uuid.uuid4().hex
 
 
-class HttpTest(DaemonTestCase):
+class FakeAPITestCase(DaemonTestCase):
+        """A daemon and a fakeapi.py for the test class: the daemon may call
+        the fake's ALLOW path, with fast retries and EXTRA_ARGS."""
+        ALLOW = "/"
+        EXTRA_ARGS = ()
+
         @classmethod
         def setUpClass(cls):
                 cls.api = FakeAPI()
                 cls.DAEMON_ARGS = {
                         "io_threads": 32,
                         "retry_base": 0.05,
-                        "args": ("--allow", cls.api.base + "/", "--max-response", "64K",
-                                 "--retry-max", "5"),
+                        "args": ("--allow", cls.api.base + cls.ALLOW) + cls.EXTRA_ARGS,
                 }
                 try:
                         super().setUpClass()
@@ -68,6 +71,10 @@ class HttpTest(DaemonTestCase):
                         super().tearDownClass()
                 finally:
                         cls.api.stop()
+
+
+class HttpTest(FakeAPITestCase):
+        EXTRA_ARGS = ("--max-response", "64K", "--retry-max", "5")
 
         def run_http(self, args, timeout=20.0, **spec):
                 job = self.daemon.submit(dict({"task": "http", "args": args}, **spec))

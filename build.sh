@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 
 DEPS=(build-essential autoconf automake pkg-config python3 curl
       libmicrohttpd-dev libjansson-dev libsqlite3-dev libsystemd-dev
-      libcurl4-openssl-dev libinih-dev libcmocka-dev debhelper dpkg-dev)
+      libcurl4-openssl-dev libinih-dev libcmocka-dev debhelper dpkg-dev openssl)
 JOBS=$(nproc)
 
 install_deps() {

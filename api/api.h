@@ -10,7 +10,9 @@
 #include "api/server.h"
 
 struct MHD_Daemon;
+struct auth;
 struct hub;
+struct metrics;
 struct store_reader;
 
 struct api {
@@ -18,6 +20,10 @@ struct api {
         struct api_deps d;
         struct MHD_Daemon *mhd;
         struct hub *hub;
+        struct metrics *metrics;
+        struct auth *auth;              /* NULL: no tokens_file, every request served */
+        char *tls_cert;                 /* the PEM texts MHD serves from; NULL: plain HTTP */
+        char *tls_key;
         pthread_key_t reader_key;       /* each MHD thread's store_reader */
         atomic_bool serving;            /* started: MHD's messages are client noise now */
         atomic_bool stopping;           /* set by api_quiesce: new requests get 503 */

@@ -15,7 +15,14 @@
  * and api_stop() waits until none is), and done() touches nothing after
  * request_wake(). A request freed while its batch is open (the client went
  * away mid-upload, between ops) hands the upload to an ABORT op instead of
- * freeing it; that op's done() frees it. */
+ * freeing it; that op's done() frees it.
+ *
+ * An NDJSON upload with ?format=openai takes an OpenAI Batch API input file:
+ * each line becomes an http job (spec_openai_line()), and every custom_id
+ * seen so far is kept, with its line, to refuse a duplicate. Those are at
+ * most SPEC_OPENAI_MAX_LINES of SPEC_OPENAI_MAX_CUSTOM_ID bytes, held in a
+ * jansson object, whose hash is seeded at random so no file can make it
+ * degrade. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,9 +39,13 @@
 #include "storage/batch.h"
 #include "storage/store.h"
 #include "storage/writer.h"
+#include "tasks/task.h"
 
-/* Jobs per ITEMS op: the memory an upload holds, and a commit per chunk. */
+/* Jobs per ITEMS op: the memory an upload holds, and a commit per chunk.
+ * Lines may be long, so a chunk also ends at UPLOAD_CHUNK_BYTES of args
+ * and tags. */
 #define UPLOAD_CHUNK 4096
+#define UPLOAD_CHUNK_BYTES (8u << 20)
 
 /* The fields of a JSON batch; all but items, jobs and limits are the
  * items' defaults. */
@@ -57,7 +68,12 @@ struct upload {
         struct spec_defaults defaults;
         struct job *jobs[UPLOAD_CHUNK]; /* the chunk being filled, owned */
         size_t n_jobs;
+        size_t chunk_bytes;             /* of the jobs' args and tags */
         int64_t items;                  /* so far: the index of the next */
+        int64_t max_items;              /* 413 batch_too_large past this */
+        /* ?format=openai: where the lines' paths go, and custom_id -> line. */
+        char *base_url;                 /* owned; NULL: not an OpenAI file */
+        json_t *custom_ids;             /* owned */
         /* The JSON form: the array and the next item of it to take. */
         const json_t *array;            /* borrowed from req->json */
         bool items_form;                /* array holds args, not job specs */
@@ -78,6 +94,12 @@ static void drop_jobs(struct upload *u)
 {
         while (u->n_jobs > 0)
                 job_free(u->jobs[--u->n_jobs]);
+        u->chunk_bytes = 0;
+}
+
+static bool chunk_full(const struct upload *u)
+{
+        return u->n_jobs == UPLOAD_CHUNK || u->chunk_bytes >= UPLOAD_CHUNK_BYTES;
 }
 
 static void upload_destroy(struct upload *u)
@@ -85,6 +107,8 @@ static void upload_destroy(struct upload *u)
         drop_jobs(u);
         batch_free(u->batch);
         json_decref(u->wrapper);
+        free(u->base_url);
+        json_decref(u->custom_ids);
         free(u);
 }
 
@@ -200,13 +224,17 @@ static void upload_release(void *ctx)
  * ending, it is over (sealed, or failed with nothing left stored). */
 static bool upload_push_next(struct upload *u, bool ending)
 {
+        /* A stopping server waits for suspended requests only so long:
+         * an upload does not start another op then. */
+        if (!u->failure && atomic_load(&u->api->stopping))
+                fail_write(u, -ESHUTDOWN);
         if (u->failure) {
                 if (!u->open)
                         return false;
                 upload_push(u, WOP_BATCH_ABORT);
                 return true;
         }
-        if (u->batch->sealed || (u->n_jobs < UPLOAD_CHUNK && !ending))
+        if (u->batch->sealed || (!chunk_full(u) && !ending))
                 return false;
         if (!u->open)
                 upload_push(u, WOP_BATCH_OPEN);
@@ -234,7 +262,7 @@ static void upload_add(struct upload *u, const json_t *spec, int64_t line)
         struct job *j;
         int r;
 
-        if (u->items >= u->api->o.max_batch_items) {
+        if (u->items >= u->max_items) {
                 u->failure = UPLOAD_TOO_MANY;
                 return;
         }
@@ -245,6 +273,7 @@ static void upload_add(struct upload *u, const json_t *spec, int64_t line)
         }
         j->index = u->items++;
         u->jobs[u->n_jobs++] = j;
+        u->chunk_bytes += strlen(j->args) + (j->tag ? strlen(j->tag) : 0);
 }
 
 /* The batch's "limits" (absent or null: none) as stored text in *ret (the
@@ -266,24 +295,31 @@ static int batch_limits(const json_t *obj, char **ret, struct spec_error *err)
         return 0;
 }
 
-/* limits: stored text or NULL, taken in every case. */
+/* limits: stored text or NULL; base_url: an OpenAI batch file's, or NULL
+ * for any other batch; both taken in every case. */
 static int upload_new(struct request *req, const struct spec_defaults *d, char *limits,
-                      struct upload **ret)
+                      char *base_url, struct upload **ret)
 {
         struct upload *u = calloc(1, sizeof(*u));
 
         if (!u) {
                 free(limits);
+                free(base_url);
                 return -ENOMEM;
         }
         u->batch = batch_new();
-        if (!u->batch) {
+        u->base_url = base_url;
+        u->custom_ids = base_url ? json_object() : NULL;
+        if (!u->batch || (base_url && !u->custom_ids)) {
                 free(limits);
-                free(u);
+                upload_destroy(u);
                 return -ENOMEM;
         }
         u->req = req;
         u->api = req->api;
+        u->max_items = req->api->o.max_batch_items;
+        if (base_url && u->max_items > SPEC_OPENAI_MAX_LINES)
+                u->max_items = SPEC_OPENAI_MAX_LINES;
         u->defaults = *d;
         u->batch->priority = d->priority;
         u->batch->limits = limits;
@@ -343,8 +379,7 @@ static enum MHD_Result upload_answer(struct request *req, struct upload *u)
                 return item_error(req, u);
         case UPLOAD_TOO_MANY:
                 return reply_error(req, MHD_HTTP_CONTENT_TOO_LARGE, "batch_too_large",
-                                   "a batch has at most %lld items",
-                                   (long long) req->api->o.max_batch_items);
+                                   "a batch has at most %lld items", (long long) u->max_items);
         case UPLOAD_REFUSED:
                 return request_refuse(req);
         case UPLOAD_WRITE:
@@ -435,7 +470,7 @@ static enum MHD_Result json_start(struct request *req, struct upload **ret)
                 r = -ENOMEM;
         }
         if (r == 0)
-                r = upload_new(req, &d, limits, &u);
+                r = upload_new(req, &d, limits, NULL, &u);
         if (r < 0) {
                 json_decref(wrapper);
                 return write_error(req, r, "starting the batch");
@@ -471,6 +506,10 @@ static enum MHD_Result submit_json(struct request *req)
         size_t total;
         enum MHD_Result ret;
 
+        if (!u && request_arg(req, "format"))
+                return reply_error(req, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
+                                   "?format= takes a JSONL file: send it with Content-Type: "
+                                   "application/x-ndjson");
         if (!u) {
                 ret = json_start(req, &u);
                 if (!req->ctx)
@@ -482,7 +521,7 @@ static enum MHD_Result submit_json(struct request *req)
                         return MHD_YES;
                 if (u->failure || u->batch->sealed)
                         return upload_answer(req, u);
-                while (u->n_jobs < UPLOAD_CHUNK && u->next < total && !u->failure) {
+                while (!chunk_full(u) && u->next < total && !u->failure) {
                         const json_t *v = json_array_get(u->array, u->next++);
 
                         if (u->items_form)
@@ -510,6 +549,9 @@ static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char 
         json_t *v = NULL;
 
         (void) kind;
+        /* Not defaults: openai_query() reads them. */
+        if (strcmp(key, "format") == 0 || strcmp(key, "base_url") == 0)
+                return MHD_YES;
         if (!value)
                 value = "";
         if (strcmp(key, "task") != 0 && strcmp(key, "kind") != 0) {
@@ -534,13 +576,52 @@ static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char 
         return MHD_YES;
 }
 
+static int query_fail(struct spec_error *err, const char *message)
+{
+        err->code = "invalid_request";
+        snprintf(err->message, sizeof(err->message), "%s", message);
+        return -EINVAL;
+}
+
+/* ?format= and ?base_url=: for an OpenAI batch file, its base URL in *ret
+ * (the caller's) and the http task in d; NULL for a plain NDJSON batch.
+ * -EINVAL with err filled, or -ENOMEM. */
+static int openai_query(struct request *req, struct spec_defaults *d, char **ret,
+                        struct spec_error *err)
+{
+        const char *format = request_arg(req, "format");
+        const char *base = request_arg(req, "base_url");
+        int r;
+
+        if (!format) {
+                if (base)
+                        return query_fail(err, "\"base_url\" is for ?format=openai");
+                *ret = NULL;
+                return 0;
+        }
+        if (strcmp(format, "openai") != 0)
+                return query_fail(err, "\"format\" must be openai");
+        if (request_arg(req, "task") || request_arg(req, "kind"))
+                return query_fail(err, "a format=openai batch runs the http task: it takes "
+                                  "no task or kind");
+        if (!base)
+                base = req->api->o.openai_base_url;
+        if (!base)
+                return query_fail(err, "no base URL for the file's paths: give ?base_url= "
+                                  "or set [openai] base_url in the config");
+        r = spec_openai_base_url(base, ret, err);
+        if (r == 0)
+                d->task = task_find("http");
+        return r;
+}
+
 static enum MHD_Result ndjson_start(struct request *req)
 {
         struct query q = { .obj = json_object() };
         struct spec_defaults d;
         struct spec_error err;
         struct upload *u;
-        char *limits = NULL;
+        char *limits = NULL, *base_url = NULL;
         int r = -ENOMEM;
 
         if (q.obj)
@@ -551,20 +632,24 @@ static enum MHD_Result ndjson_start(struct request *req)
                 json_decref(q.obj);
                 return reply_error(req, MHD_HTTP_BAD_REQUEST, "unknown_field",
                                    "unknown query argument \"%.64s\"; an NDJSON batch takes "
-                                   "task, kind, timeout, max_attempts, priority and limits",
-                                   q.unknown);
+                                   "task, kind, timeout, max_attempts, priority, limits, "
+                                   "format and base_url", q.unknown);
         }
         r = spec_batch_defaults(q.obj, req->api->o.default_timeout, &d, &err);
+        if (r == 0)
+                r = openai_query(req, &d, &base_url, &err);
         if (r == 0)
                 r = batch_limits(q.obj, &limits, &err);
         json_decref(q.obj);
         q.obj = NULL;
-        if (r == -EINVAL)
-                return reply_error(req, MHD_HTTP_BAD_REQUEST, err.code, "query: %s", err.message);
         if (r == 0)
-                r = upload_new(req, &d, limits, &u);
+                r = upload_new(req, &d, limits, base_url, &u);
+        else
+                free(base_url);
         if (r == 0)
                 return MHD_YES;
+        if (r == -EINVAL)
+                return reply_error(req, MHD_HTTP_BAD_REQUEST, err.code, "query: %s", err.message);
 fail:
         json_decref(q.obj);
         return write_error(req, r, "starting the batch");
@@ -578,13 +663,49 @@ static bool blank(const char *s, size_t n)
         return true;
 }
 
-static void ndjson_add_line(struct upload *u, struct request *req)
+/* A line of an OpenAI batch file as its job's spec (*ret, the caller's),
+ * once its custom_id is known to be the file's only one. */
+static int openai_spec(struct upload *u, const json_t *line, int64_t line_no, json_t **ret,
+                       struct spec_error *err)
 {
-        struct spec_error err;
+        const json_t *id, *first;
         json_t *spec;
         int r;
 
+        r = spec_openai_line(line, u->base_url, &spec, &id, err);
+        if (r < 0)
+                return r;
+        first = json_object_getn(u->custom_ids, json_string_value(id), json_string_length(id));
+        if (first) {
+                err->code = "duplicate_custom_id";
+                snprintf(err->message, sizeof(err->message),
+                         "custom_id \"%.64s\" is also on line %lld", json_string_value(id),
+                         (long long) json_integer_value(first));
+                r = -EINVAL;
+        } else if (json_object_setn_new_nocheck(u->custom_ids, json_string_value(id),
+                                                json_string_length(id),
+                                                json_integer(line_no)) < 0)
+                r = -ENOMEM;
+        if (r < 0) {
+                json_decref(spec);
+                return r;
+        }
+        *ret = spec;
+        return 0;
+}
+
+static void ndjson_add_line(struct upload *u, struct request *req)
+{
+        struct spec_error err;
+        json_t *spec, *line;
+        int r;
+
         r = spec_parse(req->body, req->body_len, &spec, &err);
+        if (r == 0 && u->base_url) {
+                line = spec;
+                r = openai_spec(u, line, req->line_no, &spec, &err);
+                json_decref(line);
+        }
         if (r < 0) {
                 fail_item(u, r, &err, req->line_no);
                 return;
@@ -714,11 +835,6 @@ enum MHD_Result batches_cancel(struct request *req)
 
 /* ---- DELETE /v1/batches/{id} ---- */
 
-static void delete_done(struct wop *op)
-{
-        request_wake(op->userdata);
-}
-
 static void batch_release(void *b)
 {
         batch_free(b);
@@ -735,26 +851,9 @@ enum MHD_Result batches_delete(struct request *req)
                 b->id = req->id;
                 req->ctx = b;
                 req->ctx_free = batch_release;
-                req->op = (struct wop) {
-                        .type = WOP_BATCH_DELETE,
-                        .batch = b,
-                        .done = delete_done,
-                        .userdata = req,
-                };
-                request_suspend(req);
-                writer_push(req->api->d.writer, &req->op);
+                req->op = (struct wop) { .type = WOP_BATCH_DELETE, .batch = b };
+                request_write(req, &req->op);
                 return MHD_YES;
         }
-        switch (req->op.result) {
-        case 0:
-                return reply_empty(req, MHD_HTTP_NO_CONTENT);
-        case -ENOENT:
-                return no_such_batch(req);
-        case -EBUSY:
-                return reply_error(req, MHD_HTTP_CONFLICT, "not_finished",
-                                   "batch %lld has not finished; cancel it first",
-                                   (long long) req->id);
-        default:
-                return write_error(req, req->op.result, "deleting the batch");
-        }
+        return reply_deleted(req, req->op.result, "batch");
 }

@@ -43,7 +43,14 @@ static double now_monotonic(void)
 
 static int64_t key_of(const struct hub_waiter *w, int i)
 {
-        return i == HUB_BY_ID ? w->id : w->batch;
+        switch (i) {
+        case HUB_BY_ID:
+                return w->id;
+        case HUB_BY_BATCH:
+                return w->id != 0 ? w->batch : 0;
+        default:
+                return w->id == 0 ? w->batch : 0;
+        }
 }
 
 static size_t bucket_of(size_t nbuckets, int64_t key)
@@ -328,17 +335,15 @@ void hub_fire(struct hub *h, struct hub_waiter *w)
         fire_list(list);
 }
 
-/* Takes the waiters of index i with that key; with only_streams, only
- * those waiting on any job of the batch (id 0). */
-static void take_key(struct hub *h, int i, int64_t key, bool only_streams,
-                     struct hub_waiter **list)
+/* Takes the waiters of index i with that key. */
+static void take_key(struct hub *h, int i, int64_t key, struct hub_waiter **list)
 {
         struct hub_index *x = &h->index[i];
         struct hub_waiter *w, *next;
 
         for (w = x->buckets[bucket_of(x->n, key)]; w; w = next) {
                 next = w->next[i];
-                if (key_of(w, i) == key && (!only_streams || w->id == 0))
+                if (key_of(w, i) == key)
                         take(h, w, list);
         }
 }
@@ -349,9 +354,11 @@ void hub_fire_job(struct hub *h, int64_t id, int64_t batch)
 
         pthread_mutex_lock(&h->lock);
         if (id != 0)
-                take_key(h, HUB_BY_ID, id, false, &list);
+                take_key(h, HUB_BY_ID, id, &list);
+        else if (batch != 0)
+                take_key(h, HUB_BY_BATCH, batch, &list);
         if (batch != 0)
-                take_key(h, HUB_BY_BATCH, batch, id != 0, &list);
+                take_key(h, HUB_BY_STREAM, batch, &list);
         pthread_mutex_unlock(&h->lock);
         fire_list(list);
 }

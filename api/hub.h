@@ -14,9 +14,14 @@
 
 struct hub;
 
+/* The indexes a waiter is in, each keyed on the job id or the batch; a
+ * waiter whose key is 0 is not in that index. A job's end looks up its id
+ * and its batch's streams; a batch cancel its batch's job waiters and
+ * streams: neither walks waiters it does not fire. */
 enum {
-        HUB_BY_ID,
-        HUB_BY_BATCH,
+        HUB_BY_ID,              /* job waiters, by job */
+        HUB_BY_BATCH,           /* job waiters of a batch job, by batch */
+        HUB_BY_STREAM,          /* streams (id 0), by batch */
         HUB__INDEXES,
 };
 

@@ -214,6 +214,12 @@ enum MHD_Result jobs_get(struct request *req)
 
 /* ---- POST /v1/jobs/{id}/cancel ---- */
 
+static enum MHD_Result already_finished(struct request *req, const struct job *j)
+{
+        return reply_error(req, MHD_HTTP_CONFLICT, "already_finished", "job %lld already %s",
+                           (long long) j->id, job_state_name(j->state));
+}
+
 static enum MHD_Result cancel_answer(struct request *req)
 {
         enum MHD_Result ret;
@@ -240,9 +246,7 @@ static enum MHD_Result cancel_answer(struct request *req)
             (req->cancel_result == 0 || req->cancel_result == -EINPROGRESS))
                 ret = reply_job_answer(req, MHD_HTTP_OK, j);
         else if (job_state_finished(j->state))
-                ret = reply_error(req, MHD_HTTP_CONFLICT, "already_finished",
-                                  "job %lld already %s", (long long) j->id,
-                                  job_state_name(j->state));
+                ret = already_finished(req, j);
         else
                 /* Told to stop, not stopped yet. */
                 ret = reply_job_answer(req, MHD_HTTP_ACCEPTED, j);
@@ -252,6 +256,7 @@ static enum MHD_Result cancel_answer(struct request *req)
 
 enum MHD_Result jobs_cancel(struct request *req)
 {
+        enum MHD_Result ret;
         int64_t batch;
         struct job *j;
         int r;
@@ -263,6 +268,13 @@ enum MHD_Result jobs_cancel(struct request *req)
                 return no_such_job(req);
         if (r < 0)
                 return reply_store_error(req, r);
+        /* The scheduler cannot tell a finished job of a batch it has not
+         * loaded from a pending one, so the store answers for it. */
+        if (job_state_finished(j->state)) {
+                ret = already_finished(req, j);
+                job_free(j);
+                return ret;
+        }
         batch = req->waiter.batch = j->batch;
         job_free(j);
         request_watch(req, CANCEL_WAIT);
@@ -282,41 +294,15 @@ enum MHD_Result jobs_cancel(struct request *req)
 
 /* ---- DELETE /v1/jobs/{id} ---- */
 
-static void delete_done(struct wop *op)
-{
-        request_wake(op->userdata);
-}
-
 enum MHD_Result jobs_delete(struct request *req)
 {
         if (!req->resumed) {
                 req->op_job.id = req->id;
-                req->op = (struct wop) {
-                        .type = WOP_DELETE,
-                        .job = &req->op_job,
-                        .done = delete_done,
-                        .userdata = req,
-                };
-                request_suspend(req);
-                writer_push(req->api->d.writer, &req->op);
+                req->op = (struct wop) { .type = WOP_DELETE, .job = &req->op_job };
+                request_write(req, &req->op);
                 return MHD_YES;
         }
-        switch (req->op.result) {
-        case 0:
-                return reply_empty(req, MHD_HTTP_NO_CONTENT);
-        case -ENOENT:
-                return no_such_job(req);
-        case -EBUSY:
-                return reply_error(req, MHD_HTTP_CONFLICT, "not_finished",
-                                   "job %lld has not finished; cancel it first",
-                                   (long long) req->id);
-        case -EIO:
-                return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
-                                   "the job store cannot take writes now");
-        default:
-                return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
-                                   "delete failed: %s", strerror(-req->op.result));
-        }
+        return reply_deleted(req, req->op.result, "job");
 }
 
 /* ---- GET /v1/jobs ---- */

@@ -1,5 +1,7 @@
 libfutured_a_SOURCES += \
 	api/server.c api/server.h api/api.h \
+	api/auth.c api/auth.h \
+	api/metrics.c api/metrics.h \
 	api/request.c api/request.h \
 	api/routes.c api/routes.h \
 	api/reply.c api/reply.h \

@@ -3,6 +3,7 @@
  * response body ends with a newline, for people reading it in a terminal. */
 #include "api/reply.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -247,4 +248,26 @@ enum MHD_Result reply_store_error(struct request *req, int r)
 {
         return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
                            "reading the job store failed: %s", strerror(-r));
+}
+
+enum MHD_Result reply_deleted(struct request *req, int result, const char *what)
+{
+        switch (result) {
+        case 0:
+                return reply_empty(req, MHD_HTTP_NO_CONTENT);
+        case -ENOENT:
+                return reply_error(req, MHD_HTTP_NOT_FOUND, "not_found", "no %s %lld", what,
+                                   (long long) req->id);
+        case -EBUSY:
+                return reply_error(req, MHD_HTTP_CONFLICT, "not_finished",
+                                   "%s %lld has not finished; cancel it first", what,
+                                   (long long) req->id);
+        case -EIO:
+                return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
+                                   "the job store cannot take writes now");
+        default:
+                return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
+                                   "deleting %s %lld failed: %s", what, (long long) req->id,
+                                   strerror(-result));
+        }
 }

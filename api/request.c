@@ -5,8 +5,11 @@
  * bodies together up to a budget, past which the rest is dropped and the
  * request answered at its end (MHD takes no answer in the middle of a
  * body); the last call parses and dispatches. A suspended request counts in
- * api->suspended from its suspend until it runs again or is freed, so
- * api_stop() can wait for none to be left. */
+ * api->suspended from its suspend until it has run again or is freed, so
+ * api_stop() can wait for none to be left. With auth on, a request without
+ * a valid bearer token is refused on its first call, before any body is
+ * read and before it learns whether its path exists; it ends counted by
+ * route and status like any other. */
 #include "api/request.h"
 
 #include <errno.h>
@@ -17,6 +20,8 @@
 #include <strings.h>
 
 #include "api/api.h"
+#include "api/auth.h"
+#include "api/metrics.h"
 #include "api/reply.h"
 #include "api/routes.h"
 #include "api/spec.h"
@@ -78,10 +83,22 @@ struct request *request_new(struct api *a, struct MHD_Connection *conn, const ch
         return req;
 }
 
+/* The 401 of RFC 6750: a token that was sent but is not known is named
+ * invalid, so a client can tell a typo from a missing header. */
+static enum MHD_Result refuse_unauthorized(struct request *req, bool sent)
+{
+        return reply_error_with(req, MHD_HTTP_UNAUTHORIZED, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                sent ? "Bearer realm=\"futured\", error=\"invalid_token\""
+                                     : "Bearer realm=\"futured\"",
+                                "unauthorized",
+                                sent ? "the bearer token is not valid"
+                                     : "send Authorization: Bearer <token>");
+}
+
 enum MHD_Result request_begin(struct request *req, const char *url, const char *method)
 {
         struct api *a = req->api;
-        const char *length, *type;
+        const char *length, *type, *authorization;
         unsigned long long announced;
         char allow[64];
         int r;
@@ -97,6 +114,12 @@ enum MHD_Result request_begin(struct request *req, const char *url, const char *
         if (strlen(url) != req->path_len)
                 return reply_error(req, MHD_HTTP_NOT_FOUND, "not_found", "no such resource");
         r = route_find(method, url, &req->route, &req->id, allow, sizeof(allow));
+        if (a->auth && (r < 0 || !(req->route->flags & ROUTE_OPEN))) {
+                authorization = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                            MHD_HTTP_HEADER_AUTHORIZATION);
+                if (!auth_check(a->auth, authorization))
+                        return refuse_unauthorized(req, authorization != NULL);
+        }
         if (r == -EOPNOTSUPP)
                 return reply_error_with(req, MHD_HTTP_METHOD_NOT_ALLOWED, MHD_HTTP_HEADER_ALLOW,
                                         allow, "method_not_allowed",
@@ -106,8 +129,11 @@ enum MHD_Result request_begin(struct request *req, const char *url, const char *
 
         type = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
                                            MHD_HTTP_HEADER_CONTENT_TYPE);
+        /* JSON Lines is the same format under the name OpenAI's batch
+         * files go by. */
         req->ndjson = (req->route->flags & ROUTE_NDJSON) && type &&
-                      media_type_is(type, REQUEST_NDJSON_TYPE);
+                      (media_type_is(type, REQUEST_NDJSON_TYPE) ||
+                       media_type_is(type, "application/jsonl"));
         length = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
                                              MHD_HTTP_HEADER_CONTENT_LENGTH);
         announced = length ? strtoull(length, NULL, 10) : 0;
@@ -299,25 +325,40 @@ static enum MHD_Result ndjson_continue(struct request *req, const char *data, si
         return req->route->handler(req);
 }
 
+/* The first run after a resume. The request still counts as suspended
+ * until the handler returns: api_stop() waits for none to be, and must not
+ * see none in the moment between this resume and a handler's next
+ * suspend (an upload's next chunk). */
+static enum MHD_Result run_resumed(struct request *req, const char *data, size_t *size)
+{
+        enum MHD_Result ret;
+
+        req->suspended = false;
+        if (req->ndjson)
+                ret = ndjson_continue(req, data, size);
+        else {
+                req->resumed = true;
+                ret = req->route->handler(req);
+        }
+        api_suspended_sub(req->api);
+        return ret;
+}
+
 enum MHD_Result request_continue(struct request *req, const char *data, size_t *size)
 {
         /* Answered on the first call; MHD should not come back. */
         if (!req->route)
                 return MHD_NO;
-        if (req->ndjson) {
-                /* In the pass in which the handler suspended, MHD goes on to
-                 * the next chunk of a chunked body: until the resume,
-                 * nothing is taken. */
-                if (req->suspended && still_suspended(req))
-                        return MHD_YES;
-                unsuspend(req);
-                return ndjson_continue(req, data, size);
-        }
         if (req->suspended) {
-                unsuspend(req);
-                req->resumed = true;
-                return req->route->handler(req);
+                /* In the pass in which an NDJSON handler suspended, MHD goes
+                 * on to the next chunk of a chunked body: until the resume,
+                 * nothing is taken. */
+                if (req->ndjson && still_suspended(req))
+                        return MHD_YES;
+                return run_resumed(req, data, size);
         }
+        if (req->ndjson)
+                return ndjson_continue(req, data, size);
         if (*size > 0) {
                 body_append(req, data, *size);
                 *size = 0;
@@ -326,10 +367,20 @@ enum MHD_Result request_continue(struct request *req, const char *data, size_t *
         return dispatch(req);
 }
 
+/* The status MHD queued, 0 when none was (the client went away first). */
+static unsigned queued_status(struct request *req)
+{
+        const union MHD_ConnectionInfo *ci;
+
+        ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_HTTP_STATUS);
+        return ci ? ci->http_status : 0;
+}
+
 void request_free(struct request *req)
 {
         if (!req)
                 return;
+        metrics_count_request(req->api->metrics, req->route, queued_status(req));
         if (req->ctx_free)
                 req->ctx_free(req->ctx);
         unsuspend(req);
@@ -351,6 +402,19 @@ void request_suspend(struct request *req)
 void request_wake(struct request *req)
 {
         MHD_resume_connection(req->conn);
+}
+
+static void write_done(struct wop *op)
+{
+        request_wake(op->userdata);
+}
+
+void request_write(struct request *req, struct wop *op)
+{
+        op->done = write_done;
+        op->userdata = req;
+        request_suspend(req);
+        writer_push(req->api->d.writer, op);
 }
 
 static void waiter_fired(struct hub_waiter *w)

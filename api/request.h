@@ -105,6 +105,10 @@ void request_suspend(struct request *req);
 /* Resumes a suspended request, once per suspend, from any thread. req may
  * be gone when this returns. */
 void request_wake(struct request *req);
+/* Suspends and hands op (type and payload set by the caller, living as
+ * long as the request) to the writer; its commit resumes the request, whose
+ * handler then finds the outcome in op->result. */
+void request_write(struct request *req, struct wop *op);
 /* Suspends, then registers the waiter on req->id for seconds. On failure
  * the request resumes at once with req->error set. */
 void request_watch(struct request *req, double seconds);

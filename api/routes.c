@@ -22,8 +22,26 @@ static const struct route routes[] = {
         { "POST", "/v1/wait", ROUTE_BODY, wait_post },
         { "GET", "/v1/tasks", 0, misc_tasks },
         { "GET", "/v1/stats", 0, misc_stats },
-        { "GET", "/healthz", 0, misc_healthz },
+        { "GET", "/healthz", ROUTE_OPEN, misc_healthz },
+        { "GET", "/metrics", 0, metrics_get },
 };
+
+#define ROUTES (sizeof(routes) / sizeof(routes[0]))
+
+size_t route_count(void)
+{
+        return ROUTES;
+}
+
+const struct route *route_at(size_t i)
+{
+        return &routes[i];
+}
+
+size_t route_index(const struct route *r)
+{
+        return (size_t) (r - routes);
+}
 
 /* A path segment that is a decimal integer > 0 (and fits) written the one
  * way an id is written, without leading zeros; *end is where the segment
@@ -79,7 +97,7 @@ int route_find(const char *method, const char *path, const struct route **ret,
         int64_t id;
 
         allow[0] = '\0';
-        for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        for (size_t i = 0; i < ROUTES; i++) {
                 if (!match(routes[i].pattern, path, &id))
                         continue;
                 if (strcmp(routes[i].method, want) == 0) {

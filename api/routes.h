@@ -16,6 +16,9 @@ enum {
         /* Also takes Content-Type application/x-ndjson, which is not
          * buffered: the handler parses it piece by piece as it arrives. */
         ROUTE_NDJSON = 1u << 1,
+        /* Served without a bearer token when auth is on (/healthz, for
+         * load balancers and systemd's checks). */
+        ROUTE_OPEN = 1u << 2,
 };
 
 struct route {
@@ -31,6 +34,11 @@ struct route {
  * served as GET. */
 int route_find(const char *method, const char *path, const struct route **ret,
                int64_t *ret_id, char *allow, size_t allowlen);
+
+/* The rows of the table, 0 .. route_count() - 1, for counting by route. */
+size_t route_count(void);
+const struct route *route_at(size_t i);
+size_t route_index(const struct route *r);
 
 /* jobs.c */
 enum MHD_Result jobs_submit(struct request *req);
@@ -55,5 +63,8 @@ enum MHD_Result wait_post(struct request *req);
 enum MHD_Result misc_tasks(struct request *req);
 enum MHD_Result misc_stats(struct request *req);
 enum MHD_Result misc_healthz(struct request *req);
+
+/* metrics.c */
+enum MHD_Result metrics_get(struct request *req);
 
 #endif

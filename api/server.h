@@ -23,6 +23,10 @@ struct api_options {
         double max_wait;                /* seconds; the cap of ?wait= */
         double default_timeout;         /* seconds; a job spec without "timeout" */
         int64_t max_batch_items;        /* 413 batch_too_large past this */
+        const char *tokens_file;        /* bearer tokens, one a line; NULL: no auth */
+        const char *tls_cert;           /* PEM files; NULL: plain HTTP */
+        const char *tls_key;
+        const char *openai_base_url;    /* ?format=openai batches; NULL: none set */
 };
 
 /* The parts the handlers read; none is owned by the api. */

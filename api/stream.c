@@ -17,7 +17,10 @@
  * its next wake, so shutdown waits for none.
  *
  * Done: the batch row says every job had finished, and a page read after
- * it is empty; no job of the batch can end after that. */
+ * it is empty; no job of the batch can end after that.
+ *
+ * ?format=openai renders each job as a line of an OpenAI Batch API output
+ * file instead (render_openai()); cursors, order and SSE are the same. */
 #include <errno.h>
 #include <float.h>
 #include <math.h>
@@ -49,6 +52,7 @@ struct stream {
         int64_t batch;
         enum store_order order;
         bool sse;
+        bool openai;                    /* OpenAI batch output lines */
         int64_t cursor;                 /* of the last job rendered: its seq or id */
         double until;                   /* CLOCK_MONOTONIC end of ?wait=; INFINITY: none */
         struct strbuf out;              /* rendered; sent up to `sent` */
@@ -59,18 +63,93 @@ struct stream {
         struct hub_waiter waiter;       /* on any job of the batch */
 };
 
+/* An OpenAI response object, {"status_code", "request_id", "body"}, from
+ * what the http task reports: its result (status, headers, json | body |
+ * body_base64), or the error of a non-2xx answer, which holds the status
+ * and body but no headers (so no request id). */
+static json_t *openai_response(const json_t *from)
+{
+        const json_t *id = json_object_get(json_object_get(from, "headers"), "x-request-id");
+        const json_t *body = json_object_get(from, "json");
+
+        if (!body)
+                body = json_object_get(from, "body");
+        if (!body)
+                body = json_object_get(from, "body_base64");
+        return json_pack("{s:I, s:s, s:O}", "status_code",
+                         (json_int_t) json_integer_value(json_object_get(from, "status")),
+                         "request_id", json_is_string(id) ? json_string_value(id) : "",
+                         "body", body ? (json_t *) body : json_null());
+}
+
+/* The job as a line of an OpenAI batch output file: "response" for every
+ * job that got an HTTP answer, 2xx or not (OpenAI's own rule), "error"
+ * ({"code": the error type, "message"}) for one that got none. A job of
+ * another task that succeeded answers 200 with its result as the body;
+ * custom_id is the tag's, null when it has none. Stored text that does not
+ * parse reads as null. */
+static int render_openai(struct strbuf *b, const struct job *j)
+{
+        json_t *result = j->result ? json_loads(j->result, JSON_DECODE_ANY, NULL) : NULL;
+        json_t *error = j->error ? json_loads(j->error, 0, NULL) : NULL;
+        json_t *tag = j->tag ? json_loads(j->tag, JSON_DECODE_ANY, NULL) : NULL;
+        const json_t *custom_id = json_object_get(tag, "custom_id");
+        const char *type = json_string_value(json_object_get(error, "type"));
+        const char *message = json_string_value(json_object_get(error, "message"));
+        json_t *response = NULL, *failure = NULL, *line = NULL;
+        char id[48], *text = NULL;
+        int r = -ENOMEM;
+
+        if (j->state == JOB_SUCCEEDED && strcmp(j->task, "http") == 0)
+                response = openai_response(result);
+        else if (j->state == JOB_SUCCEEDED)
+                response = json_pack("{s:i, s:s, s:O}", "status_code", 200, "request_id", "",
+                                     "body", result ? result : json_null());
+        else if (type && strcmp(type, "http_status") == 0)
+                response = openai_response(error);
+        else
+                failure = json_pack("{s:s, s:s}", "code", type ? type : job_state_name(j->state),
+                                    "message", message ? message : "");
+        snprintf(id, sizeof(id), "batch_req_%lld", (long long) j->id);
+        if (response || failure)
+                line = json_pack("{s:s, s:O, s:O, s:O}", "id", id, "custom_id",
+                                 json_is_string(custom_id) ? (json_t *) custom_id : json_null(),
+                                 "response", response ? response : json_null(),
+                                 "error", failure ? failure : json_null());
+        if (line)
+                text = json_dumps(line, JSON_COMPACT);
+        if (text) {
+                strbuf_puts(b, text);
+                free(text);
+                r = 0;
+        }
+        json_decref(line);
+        json_decref(response);
+        json_decref(failure);
+        json_decref(tag);
+        json_decref(error);
+        json_decref(result);
+        return r;
+}
+
 /* A store walk callback: one finished job as a line or an event. A full
  * buffer stops the page early (-ENOBUFS, not an error). */
 static int render_job(struct job *j, void *userdata)
 {
         struct stream *s = userdata;
+        int r = 0;
 
         s->cursor = s->order == STORE_ORDER_COMPLETION ? j->seq : j->id;
         if (s->sse)
                 strbuf_printf(&s->out, "id: %lld\nevent: result\ndata: ", (long long) s->cursor);
-        reply_job(&s->out, j);
+        if (s->openai)
+                r = render_openai(&s->out, j);
+        else
+                reply_job(&s->out, j);
         strbuf_puts(&s->out, s->sse ? "\n\n" : "\n");
         job_free(j);
+        if (r < 0)
+                return r;
         return s->out.len >= STREAM_BUFFER ? -ENOBUFS : 0;
 }
 
@@ -117,7 +196,10 @@ static int stream_fill(struct stream *s, bool with_end)
         if (r == 0 && b->finished_at != 0 && s->out.len == 0) {
                 s->last = true;
                 if (s->sse) {
-                        strbuf_puts(&s->out, "event: done\ndata: ");
+                        /* The cursor of the last result: a client that
+                         * reconnects with it is told the end again. */
+                        strbuf_printf(&s->out, "id: %lld\nevent: done\ndata: ",
+                                      (long long) s->cursor);
                         reply_batch(&s->out, b);
                         strbuf_puts(&s->out, "\n\n");
                         if (s->out.failed)
@@ -221,12 +303,14 @@ static void stream_free(void *cls)
 }
 
 /* Reads order, after (or Last-Event-ID, which wins: an EventSource sends
- * it on reconnecting to the same URL) and wait into s; a 400 otherwise. */
+ * it on reconnecting to the same URL), wait and format into s; a 400
+ * otherwise. */
 static int parse_args(struct request *req, struct stream *s, const char **ret_message)
 {
         const char *order = request_arg(req, "order");
         const char *after = request_arg(req, "after");
         const char *wait = request_arg(req, "wait");
+        const char *format = request_arg(req, "format");
         const char *last = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
                                                        "Last-Event-ID");
         const char *accept = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
@@ -258,6 +342,11 @@ static int parse_args(struct request *req, struct stream *s, const char **ret_me
                 }
                 s->until = task_monotonic() + seconds;
         }
+        if (format && strcmp(format, "openai") != 0) {
+                *ret_message = "\"format\" must be openai";
+                return -EINVAL;
+        }
+        s->openai = format != NULL;
         s->sse = accept && strcasestr(accept, SSE_TYPE);
         return 0;
 }

@@ -237,7 +237,10 @@ static int item_read(struct wait_ctx *c, struct wait_item *it)
         r = store_get_job(rd, it->waiter.id, &j);
         if (r < 0)
                 return r;
-        it->waiter.batch = j->batch;
+        /* Known from the first read on, before any hub_add(): a registered
+         * waiter's keys are the hub's to read, so they are not written again. */
+        if (it->waiter.batch != j->batch)
+                it->waiter.batch = j->batch;
         if (job_state_finished(j->state)) {
                 it->finished = true;
                 c->finished++;

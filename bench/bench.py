@@ -339,7 +339,8 @@ def vm_hwm_mb(pid):
 
 def read_stream_to_end(port, path, headers=b""):
         """GETs a chunked stream and reads it to its end as cheaply as Python
-        can: decodes the chunks and counts the lines, parsing none. Returns
+        can: decodes the chunks and counts the job lines (each ends in "}";
+        the blank keepalive lines do not count), parsing none. Returns
         (lines, last line)."""
         sock = socket.create_connection((harness.HOST, port), timeout=600)
         try:
@@ -359,7 +360,7 @@ def read_stream_to_end(port, path, headers=b""):
                 count, tail = 0, b""
                 while True:
                         piece = dec.feed(body)
-                        count += piece.count(b"\n")
+                        count += (tail[-1:] + piece).count(b"}\n")
                         tail = (tail + piece)[-4096:]
                         if dec.done:
                                 break

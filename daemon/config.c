@@ -21,14 +21,14 @@
 #include "daemon/log.h"
 #include "tasks/exec.h"
 
-enum cfg_type { CFG_STRING, CFG_LIST, CFG_UINT, CFG_SIZE, CFG_SECONDS, CFG_SYNC, CFG_LOG_LEVEL };
+enum cfg_type { CFG_STRING, CFG_TEXT, CFG_UINT, CFG_SIZE, CFG_SECONDS, CFG_SYNC, CFG_LOG_LEVEL };
 
 struct cfg_key {
         const char *section;
         const char *name;
         enum cfg_type type;
         size_t offset;
-        size_t size;            /* CFG_STRING, CFG_LIST: the buffer's size */
+        size_t size;            /* CFG_STRING, CFG_TEXT (may be empty): the buffer's size */
         double min, max;
         const char *help;
 };
@@ -47,6 +47,10 @@ static const struct cfg_key cfg_keys[] = {
         KEY("server", max_body, CFG_SIZE, 1024, 1073741824.0,
             "largest request body in bytes (K, M, G suffixes)"),
         KEY("server", max_wait, CFG_SECONDS, 0, 86400, "longest ?wait= in seconds"),
+        KEY("server", tokens_file, CFG_TEXT, 0, 0,
+            "file of bearer tokens, one a line; empty: no authentication"),
+        KEY("server", tls_cert, CFG_TEXT, 0, 0, "PEM certificate file; with tls_key: HTTPS"),
+        KEY("server", tls_key, CFG_TEXT, 0, 0, "PEM private key file of tls_cert"),
         KEY("store", db, CFG_STRING, 0, 0, "SQLite database file"),
         KEY("store", sync_full, CFG_SYNC, 0, 0,
             "full (survives power loss) or normal (survives a crash)"),
@@ -69,17 +73,19 @@ static const struct cfg_key cfg_keys[] = {
             "http jobs in flight to one host at most; 0: no limit"),
         KEY("http", host_per_second, CFG_SECONDS, 0, 1e6,
             "http jobs started per second to one host at most; 0: no limit"),
-        KEY("http", allow, CFG_LIST, 0, 0,
+        KEY("openai", base_url, CFG_TEXT, 0, 0,
+            "where ?format=openai batches send their requests (e.g. https://api.openai.com)"),
+        KEY("http", allow, CFG_TEXT, 0, 0,
             "URL prefixes http jobs may call, space-separated; empty: any"),
-        KEY("http", auth, CFG_LIST, 0, 0,
+        KEY("http", auth, CFG_TEXT, 0, 0,
             "HOST=FILE pairs: the Authorization sent to HOST when a job gives none"),
         KEY("exec", work_dir, CFG_STRING, 0, 0,
             "working directory of exec commands (default: the daemon's)"),
-        KEY("exec", environment, CFG_LIST, 0, 0,
+        KEY("exec", environment, CFG_TEXT, 0, 0,
             "the whole environment of exec commands: NAME=VALUE words"),
         KEY("exec", max_output, CFG_SIZE, 1024, 4194304.0,
             "bytes kept of an exec command's stdout, and of its stderr (K, M suffixes)"),
-        KEY("exec", json_output, CFG_LIST, 0, 0,
+        KEY("exec", json_output, CFG_TEXT, 0, 0,
             "exec commands whose stdout is parsed as JSON, space-separated"),
 };
 
@@ -158,7 +164,7 @@ static int key_set(const struct cfg_key *k, struct config *c, const char *v, cha
 
         switch (k->type) {
         case CFG_STRING:
-        case CFG_LIST:
+        case CFG_TEXT:
                 if ((k->type == CFG_STRING && !*v) || strlen(v) >= k->size) {
                         snprintf(err, errlen, "%s must be %d to %zu characters", key_name(k),
                                  k->type == CFG_STRING, k->size - 1);
@@ -370,4 +376,53 @@ int config_parse(int argc, char **argv, struct config *ret, char *err, size_t er
         }
         *ret = c;
         return 0;
+}
+
+static bool key_equal(const struct cfg_key *k, const struct config *a, const struct config *b)
+{
+        const char *fa = (const char *)a + k->offset, *fb = (const char *)b + k->offset;
+
+        switch (k->type) {
+        case CFG_STRING:
+        case CFG_TEXT:
+                return strcmp(fa, fb) == 0;
+        case CFG_SECONDS:
+                return *(const double *)fa == *(const double *)fb;
+        case CFG_UINT:
+        case CFG_SIZE:
+        case CFG_SYNC:
+        case CFG_LOG_LEVEL:
+                break;
+        }
+        return memcmp(fa, fb, k->size) == 0;
+}
+
+static bool commands_equal(const struct config *a, const struct config *b)
+{
+        if (a->n_commands != b->n_commands)
+                return false;
+        for (unsigned i = 0; i < a->n_commands; i++)
+                if (strcmp(a->commands[i].name, b->commands[i].name) != 0 ||
+                    strcmp(a->commands[i].template, b->commands[i].template) != 0)
+                        return false;
+        return true;
+}
+
+size_t config_diff(const struct config *a, const struct config *b, const char **ret, size_t n)
+{
+        size_t count = 0;
+
+        for (size_t i = 0; i < N_KEYS; i++) {
+                if (key_equal(&cfg_keys[i], a, b))
+                        continue;
+                if (count < n)
+                        ret[count] = key_name(&cfg_keys[i]);
+                count++;
+        }
+        if (!commands_equal(a, b)) {
+                if (count < n)
+                        ret[count] = "commands";
+                count++;
+        }
+        return count;
 }

@@ -19,6 +19,9 @@ struct config {
         unsigned connection_timeout;
         size_t max_body;
         double max_wait;
+        char tokens_file[PATH_MAX];     /* empty: no authentication */
+        char tls_cert[PATH_MAX];        /* both empty: plain HTTP */
+        char tls_key[PATH_MAX];
         bool sync_full;
         unsigned io_threads;
         unsigned cpu_workers;
@@ -31,6 +34,7 @@ struct config {
         size_t max_batch_items;
         int log_level;
         size_t max_response;
+        char base_url[1024];            /* [openai]; empty: the request names one */
         unsigned host_concurrency;      /* http requests in flight per host; 0: no limit */
         double host_per_second;         /* http requests started per host and second; 0: no limit */
         char allow[4096];               /* URL prefixes, space-separated; empty: any */
@@ -53,5 +57,10 @@ void config_defaults(struct config *ret);
 /* Returns 0 when the daemon should run, 1 when --help or --version was
  * answered on stdout, or -EINVAL with a one-line reason in err. */
 int config_parse(int argc, char **argv, struct config *ret, char *err, size_t errlen);
+
+/* The names of the keys whose values differ between a and b, in table
+ * order ("commands" for the [commands] section): up to n stored in ret
+ * (static strings), the count of all returned. For a reload (SIGHUP). */
+size_t config_diff(const struct config *a, const struct config *b, const char **ret, size_t n);
 
 #endif

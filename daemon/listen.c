@@ -1,11 +1,15 @@
-/* Listening sockets. A Unix socket's stale file is removed only when it is
- * a socket, so a typo cannot delete a regular file; the socket is made
- * 0660 so only the daemon's user and group may talk to it. */
+/* Listening sockets. A Unix socket's file is replaced only when it is a
+ * stale socket (a connect() to it is refused), so neither a typo nor a
+ * second instance can take another's path; it is created 0660 (through the
+ * umask, so there is no moment it is wider; we run before any thread) so
+ * only the daemon's user and group may talk to it. */
 #include "daemon/listen.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -16,18 +20,46 @@
 
 #define LISTEN_BACKLOG 1024
 
+/* -EADDRINUSE when path is a socket something listens on, or a file that
+ * is not a socket; 0 once nothing is left at path. */
+static int unix_remove_stale(const struct sockaddr_un *sa)
+{
+        struct stat st;
+        int fd, r;
+
+        if (lstat(sa->sun_path, &st) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        if (!S_ISSOCK(st.st_mode))
+                return -EADDRINUSE;
+        /* Non-blocking: a listener with a full backlog (EAGAIN) is alive. */
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return -errno;
+        r = connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) < 0 ? -errno : 0;
+        close(fd);
+        if (r == 0 || r == -EAGAIN)
+                return -EADDRINUSE;
+        if (r == -ENOENT)
+                return 0;
+        if (r != -ECONNREFUSED)
+                return r;
+        if (unlink(sa->sun_path) < 0 && errno != ENOENT)
+                return -errno;
+        return 0;
+}
+
 static int listen_unix(const char *path, int *ret)
 {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        struct stat st;
         mode_t old_umask;
         int fd, r;
 
         if (!*path || strlen(path) >= sizeof(sa.sun_path))
                 return -EINVAL;
         memcpy(sa.sun_path, path, strlen(path) + 1);
-        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-                unlink(path);
+        r = unix_remove_stale(&sa);
+        if (r < 0)
+                return r;
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return -errno;
@@ -114,40 +146,85 @@ int listen_open(const char *addr, int *ret)
         return listen_inet(addr, ret);
 }
 
-int listen_inherited(int *ret)
+static bool is_listening_stream(int fd)
 {
-        int n = sd_listen_fds(1);
+        return sd_is_socket_inet(fd, AF_UNSPEC, SOCK_STREAM, 1, 0) > 0 ||
+               sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) > 0;
+}
 
-        if (n <= 0)
-                return n;
-        if (n > 1)
+int listen_inherited(int *ret, size_t n)
+{
+        int count = sd_listen_fds(1);
+
+        if (count <= 0)
+                return count;
+        if ((size_t)count > n)
                 return -E2BIG;
-        if (sd_is_socket(SD_LISTEN_FDS_START, AF_UNSPEC, SOCK_STREAM, 1) <= 0)
-                return -ENOTSOCK;
-        *ret = SD_LISTEN_FDS_START;
-        return 1;
+        for (int i = 0; i < count; i++)
+                if (!is_listening_stream(SD_LISTEN_FDS_START + i))
+                        return -ENOTSOCK;
+        for (int i = 0; i < count; i++)
+                ret[i] = SD_LISTEN_FDS_START + i;
+        return count;
+}
+
+void listen_address_describe(const struct listen_address *a, char *buf, size_t len)
+{
+        char host[INET6_ADDRSTRLEN];
+
+        if (a->sa.ss_family == AF_INET) {
+                const struct sockaddr_in *s4 = (const struct sockaddr_in *)&a->sa;
+
+                inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
+                snprintf(buf, len, "%s:%u", host, ntohs(s4->sin_port));
+        } else if (a->sa.ss_family == AF_INET6) {
+                const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->sa;
+
+                inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+                snprintf(buf, len, "[%s]:%u", host, ntohs(s6->sin6_port));
+        } else if (a->sa.ss_family == AF_UNIX && a->len > offsetof(struct sockaddr_un, sun_path)) {
+                const struct sockaddr_un *su = (const struct sockaddr_un *)&a->sa;
+                int n = (int)(a->len - offsetof(struct sockaddr_un, sun_path));
+
+                /* An abstract name starts with a NUL, shown as '@'. */
+                if (su->sun_path[0])
+                        snprintf(buf, len, "unix:%.*s", n, su->sun_path);
+                else
+                        snprintf(buf, len, "unix:@%.*s", n - 1, su->sun_path + 1);
+        } else {
+                snprintf(buf, len, "a socket of family %d", a->sa.ss_family);
+        }
 }
 
 void listen_describe(int fd, char *buf, size_t len)
 {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof(ss);
-        char host[INET6_ADDRSTRLEN];
+        struct listen_address a = { .len = sizeof(a.sa) };
 
-        snprintf(buf, len, "fd %d", fd);
-        if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
-                return;
-        if (ss.ss_family == AF_INET) {
-                struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        if (getsockname(fd, (struct sockaddr *)&a.sa, &a.len) < 0)
+                snprintf(buf, len, "fd %d", fd);
+        else
+                listen_address_describe(&a, buf, len);
+}
 
-                inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
-                snprintf(buf, len, "%s:%u", host, ntohs(s4->sin_port));
-        } else if (ss.ss_family == AF_INET6) {
-                struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+int listen_local_address(int fd, struct listen_address *ret)
+{
+        struct listen_address a = { .len = sizeof(a.sa) };
 
-                inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
-                snprintf(buf, len, "[%s]:%u", host, ntohs(s6->sin6_port));
-        } else if (ss.ss_family == AF_UNIX) {
-                snprintf(buf, len, "unix:%s", ((struct sockaddr_un *)&ss)->sun_path);
+        if (getsockname(fd, (struct sockaddr *)&a.sa, &a.len) < 0)
+                return -errno;
+        if (a.sa.ss_family == AF_INET) {
+                struct sockaddr_in *s4 = (struct sockaddr_in *)&a.sa;
+
+                if (s4->sin_addr.s_addr == htonl(INADDR_ANY))
+                        s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        } else if (a.sa.ss_family == AF_INET6) {
+                struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&a.sa;
+
+                if (IN6_IS_ADDR_UNSPECIFIED(&s6->sin6_addr))
+                        s6->sin6_addr = in6addr_loopback;
+        } else if (a.sa.ss_family != AF_UNIX || a.len <= offsetof(struct sockaddr_un, sun_path)) {
+                return -EAFNOSUPPORT;
         }
+        *ret = a;
+        return 0;
 }

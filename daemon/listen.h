@@ -1,20 +1,40 @@
-/* The listening socket: made here, before any thread, and handed to the
- * HTTP server, so an inherited socket (systemd socket activation) and one
- * of our own look the same to it. */
+/* The listening sockets: made here, before any thread, and handed to the
+ * HTTP server, so inherited sockets (systemd socket activation) and one of
+ * our own look the same to it. */
 #ifndef FUTURED_LISTEN_H
 #define FUTURED_LISTEN_H
 
 #include <stddef.h>
+#include <sys/socket.h>
+
+/* Inherited sockets taken at most; more is refused. */
+#define LISTEN_MAX 16
 
 /* addr: "HOST:PORT", "[V6]:PORT" or "unix:PATH". Port 0 picks a free one.
- * *ret is a listening SOCK_CLOEXEC socket the caller owns. */
+ * A Unix socket is made 0660 in a directory that must exist; a file left
+ * at PATH is replaced only when it is a socket nobody listens on. *ret is
+ * a listening SOCK_CLOEXEC socket the caller owns. */
 int listen_open(const char *addr, int *ret);
 
-/* The socket systemd passed (LISTEN_FDS), checked to be a listening stream
- * socket: 1 and *ret set, 0 when none was passed, or a negative code. */
-int listen_inherited(int *ret);
+/* The sockets systemd passed (LISTEN_FDS, LISTEN_PID), each checked to be
+ * a listening stream socket, TCP or Unix: their count (0 when none was
+ * passed) with ret[0..count) set and owned by the caller, -E2BIG past n,
+ * or -ENOTSOCK when one is not such a socket. The LISTEN_* variables are
+ * unset, so no child inherits them. */
+int listen_inherited(int *ret, size_t n);
 
 /* "127.0.0.1:7700", "[::1]:7700" or "unix:/run/futured.sock", for logs. */
 void listen_describe(int fd, char *buf, size_t len);
+
+/* Where a client on this host reaches listening socket fd: its own
+ * address, with a wildcard host made the loopback one. */
+struct listen_address {
+        struct sockaddr_storage sa;
+        socklen_t len;
+};
+/* 0, or -EAFNOSUPPORT for an unnamed or unknown kind of socket. */
+int listen_local_address(int fd, struct listen_address *ret);
+/* As listen_describe() does. */
+void listen_address_describe(const struct listen_address *a, char *buf, size_t len);
 
 #endif

@@ -8,4 +8,5 @@ libfutured_a_SOURCES += \
 	daemon/procpool.c daemon/procpool.h \
 	daemon/frame.c daemon/frame.h \
 	daemon/worker.c daemon/worker.h \
-	daemon/retention.c daemon/retention.h
+	daemon/retention.c daemon/retention.h \
+	daemon/watchdog.c daemon/watchdog.h

@@ -6,16 +6,17 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Atomic: a reload (SIGHUP) changes it while every thread logs. */
 static int log_level = LOG_INFO;
 
 void log_set_level(int level)
 {
-        log_level = level;
+        __atomic_store_n(&log_level, level, __ATOMIC_RELAXED);
 }
 
 int log_get_level(void)
 {
-        return log_level;
+        return __atomic_load_n(&log_level, __ATOMIC_RELAXED);
 }
 
 int log_level_parse(const char *s)
@@ -59,7 +60,7 @@ void log_msg(int level, const char *fmt, ...)
 {
         va_list ap;
 
-        if (level > log_level)
+        if (level > log_get_level())
                 return;
         va_start(ap, fmt);
         log_write(level, NULL, fmt, ap);
@@ -71,7 +72,7 @@ int log_errno(int level, int err, const char *fmt, ...)
         va_list ap;
         char buf[128];
 
-        if (level <= log_level) {
+        if (level <= log_get_level()) {
                 va_start(ap, fmt);
                 log_write(level, strerror_r(-err, buf, sizeof(buf)), fmt, ap);
                 va_end(ap);

@@ -3,12 +3,18 @@
  * Start-up order matters. Worker mode is decided before anything else, so a
  * CPU worker never runs the daemon's start-up. Signals are blocked before the
  * first thread so every thread inherits the mask and only this thread reads
- * them (sigwaitinfo). The store is recovered before the writer starts, and
- * READY=1 is sent only once the listener accepts. Shutdown runs the same
- * chain backwards: stop accepting, answer the waiting, drain the pools,
- * close the store. */
+ * them (sigwaitinfo). The environment systemd passes (LISTEN_*, WATCHDOG_*)
+ * is read and unset before the first thread too. The store is recovered
+ * before the writer starts, and READY=1 is sent only once the store is
+ * open, the pools run and every listener accepts. Shutdown runs the same
+ * chain backwards: STOPPING=1, stop accepting, answer the waiting, drain
+ * the pools, close the store.
+ *
+ * Each listening socket (several only through socket activation) gets its
+ * own HTTP server: libmicrohttpd takes one listen socket per daemon. */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -25,6 +31,7 @@
 #include "daemon/procpool.h"
 #include "daemon/retention.h"
 #include "daemon/scheduler.h"
+#include "daemon/watchdog.h"
 #include "daemon/worker.h"
 #include "storage/store.h"
 #include "storage/writer.h"
@@ -89,16 +96,26 @@ static int recovered_batch(int64_t batch, int priority, void *userdata)
         return 0;
 }
 
-/* The scheduler exists before the api, so its completion events go through
- * this pointer, set once the api is up and cleared before it goes. */
-static struct api *the_api;
+/* Who hears of a job's end. The scheduler exists before the servers and
+ * the watchdog, so its events (on the writer thread) go through here: each
+ * is set once up and cleared, under the lock, before it goes. */
+struct audience {
+        pthread_mutex_t lock;
+        struct api *apis[LISTEN_MAX];
+        size_t n_apis;
+        struct watchdog *watchdog;
+};
 
 static void on_job_finished(int64_t id, int64_t batch, void *userdata)
 {
-        struct api *a = __atomic_load_n(&the_api, __ATOMIC_ACQUIRE);
+        struct audience *l = userdata;
 
-        if (a)
-                api_job_finished(id, batch, a);
+        pthread_mutex_lock(&l->lock);
+        for (size_t i = 0; i < l->n_apis; i++)
+                api_job_finished(id, batch, l->apis[i]);
+        if (l->watchdog)
+                watchdog_job_finished(l->watchdog, id);
+        pthread_mutex_unlock(&l->lock);
 }
 
 /* Splits text in place at spaces and tabs into words[], NULL-terminated;
@@ -175,24 +192,87 @@ static int configure_exec(const struct config *c)
         return r;
 }
 
-static int open_listener(const struct config *c, int *ret)
+/* The sockets systemd passed, or else the one of c->listen: their count in
+ * *ret_n, fds[0..n) the caller's. */
+static int open_listeners(const struct config *c, int fds[static LISTEN_MAX], size_t *ret_n)
 {
         char where[300];
-        int r = listen_inherited(ret);
+        int r = listen_inherited(fds, LISTEN_MAX);
 
+        if (r == -E2BIG)
+                return log_errno(LOG_ERR, r, "more than %d inherited sockets (LISTEN_FDS)",
+                                 LISTEN_MAX);
         if (r < 0)
-                return log_errno(LOG_ERR, r, "inherited socket (LISTEN_FDS) unusable");
-        if (r == 0) {
-                r = listen_open(c->listen, ret);
+                return log_errno(LOG_ERR, r,
+                                 "an inherited socket (LISTEN_FDS) is not a listening TCP or Unix stream socket");
+        if (r > 0) {
+                log_info("socket activation: %d inherited sockets; listen = %s is not used", r,
+                         c->listen);
+        } else {
+                r = listen_open(c->listen, &fds[0]);
                 if (r < 0)
                         return log_errno(LOG_ERR, r, "cannot listen on %s", c->listen);
+                r = 1;
         }
-        listen_describe(*ret, where, sizeof(where));
-        log_notice("listening on %s", where);
+        for (int i = 0; i < r; i++) {
+                listen_describe(fds[i], where, sizeof(where));
+                log_notice("listening on %s", where);
+        }
+        *ret_n = (size_t)r;
         return 0;
 }
 
-static int wait_for_stop(void)
+/* What the watchdog's HTTP probe connects to: one address per socket that
+ * has one (an unnamed Unix socket has none and goes unprobed). */
+static size_t probe_addresses(const int *fds, size_t n, struct listen_address *ret)
+{
+        size_t k = 0;
+
+        for (size_t i = 0; i < n; i++) {
+                if (listen_local_address(fds[i], &ret[k]) == 0)
+                        k++;
+                else
+                        log_notice("listening socket %zu has no address: the watchdog cannot probe it",
+                                   i);
+        }
+        return k;
+}
+
+/* SIGHUP: the configuration again, from the same file and flags (flags
+ * still win). Only log_level changes at run time; every other key that
+ * differs is reported as needing a restart, and a bad file changes
+ * nothing. */
+static void reload(int argc, char **argv, struct config *c)
+{
+        const char *changed[64];
+        char err[512], list[1024] = "";
+        struct config fresh;
+        size_t n, len = 0;
+        int r;
+
+        r = config_parse(argc, argv, &fresh, err, sizeof(err));
+        if (r != 0) {
+                log_error("SIGHUP: %s; nothing changed", r < 0 ? err : "nothing to reload");
+                return;
+        }
+        n = config_diff(c, &fresh, changed, sizeof(changed) / sizeof(changed[0]));
+        for (size_t i = 0; i < n && i < sizeof(changed) / sizeof(changed[0]); i++)
+                if (strcmp(changed[i], "log_level") != 0 && len < sizeof(list))
+                        len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s",
+                                                len ? ", " : "", changed[i]);
+        if (fresh.log_level != c->log_level) {
+                log_set_level(fresh.log_level);
+                c->log_level = fresh.log_level;
+                log_notice("SIGHUP: the new log_level applies from now on");
+                log_debug("SIGHUP: debug messages are logged now");
+        }
+        if (list[0])
+                log_warning("SIGHUP: %s changed and need a restart to apply", list);
+        else if (n == 0)
+                log_notice("SIGHUP: the configuration is unchanged");
+}
+
+static int wait_for_stop(int argc, char **argv, struct config *c)
 {
         sigset_t set;
         siginfo_t si;
@@ -210,7 +290,7 @@ static int wait_for_stop(void)
                         return log_errno(LOG_ERR, -errno, "sigwaitinfo");
                 }
                 if (sig == SIGHUP) {
-                        log_notice("SIGHUP: nothing is reloaded at run time; restart to apply a new configuration");
+                        reload(argc, argv, c);
                         continue;
                 }
                 log_notice("%s: shutting down", strsignal(sig));
@@ -233,19 +313,91 @@ static void block_signals(void)
         signal(SIGPIPE, SIG_IGN);
 }
 
-static int run(const struct config *c)
+/* Starts one HTTP server per listening socket, each owning its fd from the
+ * call on (the ones not reached are closed here). */
+static int start_servers(const struct config *c, const struct api_deps *deps, int *fds, size_t n,
+                         struct audience *l)
+{
+        int r = 0;
+
+        for (size_t i = 0; i < n; i++) {
+                struct api *a;
+
+                if (r < 0) {
+                        close(fds[i]);
+                        continue;
+                }
+                r = api_start(&(struct api_options){
+                                      .listen_fd = fds[i],
+                                      .threads = c->http_threads,
+                                      .max_connections = c->max_connections,
+                                      .connection_timeout = c->connection_timeout,
+                                      .max_body = c->max_body,
+                                      .max_wait = c->max_wait,
+                                      .default_timeout = c->default_timeout,
+                                      .max_batch_items = (int64_t)c->max_batch_items,
+                                      .tokens_file = c->tokens_file[0] ? c->tokens_file : NULL,
+                                      .tls_cert = c->tls_cert[0] ? c->tls_cert : NULL,
+                                      .tls_key = c->tls_key[0] ? c->tls_key : NULL,
+                                      .openai_base_url = c->base_url[0] ? c->base_url : NULL,
+                              },
+                              deps, &a);
+                if (r < 0) {
+                        log_errno(LOG_ERR, r, "cannot start the HTTP server");
+                        continue;
+                }
+                pthread_mutex_lock(&l->lock);
+                l->apis[l->n_apis++] = a;
+                pthread_mutex_unlock(&l->lock);
+        }
+        return r;
+}
+
+static void stop_servers(struct audience *l)
+{
+        struct api *apis[LISTEN_MAX];
+        size_t n;
+
+        /* Out of the lock: api_stop() waits for suspended requests, which
+         * the writer thread, calling on_job_finished(), may resume. */
+        pthread_mutex_lock(&l->lock);
+        n = l->n_apis;
+        memcpy(apis, l->apis, n * sizeof(apis[0]));
+        l->n_apis = 0;
+        pthread_mutex_unlock(&l->lock);
+        for (size_t i = 0; i < n; i++)
+                api_stop(apis[i]);
+}
+
+static void stop_watchdog(struct audience *l)
+{
+        struct watchdog *w;
+
+        pthread_mutex_lock(&l->lock);
+        w = l->watchdog;
+        l->watchdog = NULL;
+        pthread_mutex_unlock(&l->lock);
+        watchdog_stop(w);
+}
+
+static int run(int argc, char **argv, struct config *c)
 {
         struct store_options so = { .path = c->db, .sync_full = c->sync_full };
+        struct audience l = { .lock = PTHREAD_MUTEX_INITIALIZER };
+        struct listen_address probes[LISTEN_MAX];
         struct recovered rec = { 0 };
         struct store *store = NULL;
         struct writer *writer = NULL;
         struct sched *sched = NULL;
         struct iopool *iopool = NULL;
         struct procpool *procpool = NULL;
-        struct api *api = NULL;
         struct retention *retention = NULL;
+        struct watchdog *watchdog = NULL;
         bool drained = false;
-        int fd = -1, r;
+        int fds[LISTEN_MAX];
+        size_t n_fds = 0, n_probes;
+        uint64_t watchdog_usec = 0;
+        int r;
 
         r = configure_http(c);
         if (r < 0)
@@ -253,9 +405,16 @@ static int run(const struct config *c)
         r = configure_exec(c);
         if (r < 0)
                 return r;
-        r = open_listener(c, &fd);
+        /* Read (and unset, so no worker inherits it) before any thread. */
+        r = sd_watchdog_enabled(1, &watchdog_usec);
+        if (r < 0)
+                return log_errno(LOG_ERR, r, "WATCHDOG_USEC is set but unusable");
+        if (r == 0)
+                watchdog_usec = 0;
+        r = open_listeners(c, fds, &n_fds);
         if (r < 0)
                 return r;
+        n_probes = probe_addresses(fds, n_fds, probes);
         r = store_open(&so, &store);
         if (r < 0) {
                 log_errno(LOG_ERR, r, "cannot open the store %s", c->db);
@@ -285,6 +444,7 @@ static int run(const struct config *c)
                               .host_concurrency = c->host_concurrency,
                               .host_per_second = c->host_per_second,
                               .on_finished = on_job_finished,
+                              .userdata = &l,
                       },
                       &sched);
         if (r < 0) {
@@ -328,52 +488,63 @@ static int run(const struct config *c)
                 log_errno(LOG_ERR, r, "cannot start the CPU pool");
                 goto out;
         }
-        r = api_start(&(struct api_options){
-                              .listen_fd = fd,
-                              .threads = c->http_threads,
-                              .max_connections = c->max_connections,
-                              .connection_timeout = c->connection_timeout,
-                              .max_body = c->max_body,
-                              .max_wait = c->max_wait,
-                              .default_timeout = c->default_timeout,
-                              .max_batch_items = (int64_t)c->max_batch_items,
-                      },
-                      &(struct api_deps){
-                              .store = store,
-                              .sched = sched,
-                              .writer = writer,
-                              .iopool = iopool,
-                              .procpool = procpool,
-                              .started_at = task_monotonic(),
-                      },
-                      &api);
-        fd = -1; /* the api owns it now, started or not */
-        if (r < 0) {
-                log_errno(LOG_ERR, r, "cannot start the HTTP server");
+        /* Each server owns its fd from here on, started or not. */
+        r = start_servers(c,
+                          &(struct api_deps){
+                                  .store = store,
+                                  .sched = sched,
+                                  .writer = writer,
+                                  .iopool = iopool,
+                                  .procpool = procpool,
+                                  .started_at = task_monotonic(),
+                          },
+                          fds, n_fds, &l);
+        n_fds = 0;
+        if (r < 0)
                 goto out;
-        }
-        __atomic_store_n(&the_api, api, __ATOMIC_RELEASE);
 
         log_notice("futured %s ready: %u I/O threads, %u CPU workers, store %s", PACKAGE_VERSION,
                    c->io_threads, c->cpu_workers, c->db);
         sd_notifyf(0, "READY=1\nSTATUS=serving: %u I/O threads, %u CPU workers", c->io_threads,
                    c->cpu_workers);
+        r = watchdog_start(&(struct watchdog_options){
+                                   .usec = watchdog_usec,
+                                   .sched = sched,
+                                   .writer = writer,
+                                   .iopool = iopool,
+                                   .procpool = procpool,
+                                   .http = probes,
+                                   .n_http = n_probes,
+                           },
+                           &watchdog);
+        if (r < 0) {
+                log_errno(LOG_ERR, r, "cannot start the watchdog");
+                goto out;
+        }
+        pthread_mutex_lock(&l.lock);
+        l.watchdog = watchdog;
+        pthread_mutex_unlock(&l.lock);
+        if (watchdog_usec)
+                log_info("watchdog: a ping every %.1f s while every part is alive",
+                         (double)watchdog_usec / 2e6);
 
-        r = wait_for_stop();
+        r = wait_for_stop(argc, argv, c);
 
-        sd_notify(0, "STOPPING=1");
-        api_quiesce(api);
+        sd_notify(0, "STOPPING=1\nSTATUS=stopping: letting running jobs finish");
+        stop_watchdog(&l);
+        /* Only this thread changes l.apis: no lock needed to read them. */
+        for (size_t i = 0; i < l.n_apis; i++)
+                api_quiesce(l.apis[i]);
         sched_drain(sched, c->shutdown_grace);
         drained = true;
 out:
         /* The pools' threads wait in sched_take() until the scheduler stops. */
         if (sched && !drained)
                 sched_drain(sched, 0);
-        /* HTTP handlers read the pools and the scheduler: the server goes
+        /* HTTP handlers read the pools and the scheduler: the servers go
          * first, while the writer still runs to answer suspended
          * submissions. */
-        __atomic_store_n(&the_api, NULL, __ATOMIC_RELEASE);
-        api_stop(api);
+        stop_servers(&l);
         iopool_stop(iopool);
         procpool_stop(procpool);
         retention_stop(retention);
@@ -384,8 +555,9 @@ out:
                 job_free(rec.jobs[i]);
         free(rec.jobs);
         free(rec.batches);
-        if (fd >= 0)
-                close(fd);
+        for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]);
+        pthread_mutex_destroy(&l.lock);
         if (r == 0)
                 log_notice("stopped");
         return r;
@@ -414,7 +586,7 @@ int main(int argc, char **argv)
                 return EXIT_FAILURE;
         }
         block_signals();
-        r = run(&c);
+        r = run(argc, argv, &c);
         exec_cleanup();
         http_global_cleanup();
         return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;

@@ -68,6 +68,10 @@
 /* Jobs of a batch loaded at most at once; the next page is read when
  * fewer than half of it is left. */
 #define BATCH_PAGE 1024
+/* Jobs of one batch held at most: queued, running, and finished but not
+ * yet committed. Without it a batch of fast jobs runs ahead of the writer
+ * and its uncommitted ends pile up in memory. */
+#define BATCH_HELD_MAX (2 * BATCH_PAGE)
 /* Host limiters are looked up in a table of this many chains. */
 #define HOST_BUCKETS 256
 /* Seconds the feeder waits after the store refused a read. */
@@ -77,6 +81,13 @@
 #define DRAIN_OPS_WAIT 5.0
 #define CANCELLED_ERROR "{\"type\":\"cancelled\",\"message\":\"cancelled by request\"}"
 #define NO_RESULT_ERROR "{\"type\":\"task_error\",\"message\":\"the run reported neither result nor error\"}"
+
+/* Seconds of a run or a queue wait: stored times are whole ms, so the first
+ * bucket is 1 ms; the last is past the longest sensible timeout. */
+static const double timing_bounds[] = {
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+        120, 300, 600, 1800, 3600,
+};
 
 enum sj_where {
         SJ_SUBMITTING,  /* SUBMIT at the writer; not in the map yet */
@@ -169,6 +180,7 @@ struct sched {
         size_t running[JOB_KIND__COUNT];
         size_t ops;                             /* job and batch-cancel ops in flight */
         size_t waiting;                         /* jobs in limiters' waiting heaps */
+        struct sched_timings timings;
         struct sched_limiter *hosts[HOST_BUCKETS];
         bool stopping;
         unsigned short rand[3];                 /* jitter, erand48 */
@@ -747,6 +759,11 @@ static void batch_release_tombs(struct sched *s, struct sched_batch *b)
         }
 }
 
+static bool batch_hungry(const struct sched_batch *b)
+{
+        return b->queued < BATCH_PAGE / 2 && b->held < BATCH_HELD_MAX - BATCH_PAGE / 2;
+}
+
 /* After anything of b changed: wants its next page, or forgets it. */
 static void batch_settle(struct sched *s, struct sched_batch *b)
 {
@@ -758,7 +775,7 @@ static void batch_settle(struct sched *s, struct sched_batch *b)
                         batch_forget(s, b);
                 return;
         }
-        if (s->stopping || b->queued >= BATCH_PAGE / 2)
+        if (s->stopping || !batch_hungry(b))
                 return;
         b->wanted = true;
         b->want_next = NULL;
@@ -1077,11 +1094,15 @@ static int batch_set_limits(struct sched_batch *b, unsigned concurrency, double 
 static void feed_batch(struct sched *s, struct sched_batch *b)
 {
         int64_t after = b->cursor;
+        /* batch_hungry(): both are more than half a page */
         int limit = BATCH_PAGE - (int)b->queued;
         bool read_limits = !b->limits_read;
         unsigned concurrency = 0;
         double per_second = 0;
         int r = 0;
+
+        if (limit > (int)(BATCH_HELD_MAX - b->held))
+                limit = (int)(BATCH_HELD_MAX - b->held);
 
         b->loading = true;
         pthread_mutex_unlock(&s->lock);
@@ -1117,7 +1138,7 @@ static void *feeder_main(void *userdata)
                         s->want_tail = NULL;
                 b->wanted = false;
                 /* closed or refilled (by requeues) since it was wanted */
-                if (b->closed || b->queued >= BATCH_PAGE / 2)
+                if (b->closed || !batch_hungry(b))
                         batch_settle(s, b);
                 else
                         feed_batch(s, b);
@@ -1149,6 +1170,8 @@ int sched_new(const struct sched_options *o, struct sched **ret)
         for (k = 0; k < JOB_KIND__COUNT; k++) {
                 s->ready[k].before = ready_before;
                 s->delayed[k].before = delayed_before;
+                histogram_init_array(&s->timings.run[k], timing_bounds);
+                histogram_init_array(&s->timings.wait[k], timing_bounds);
         }
         seed = (uint64_t)job_now_ms() ^ ((uint64_t)getpid() << 32);
         memcpy(s->rand, &seed, sizeof(s->rand));
@@ -1505,6 +1528,13 @@ static void promote_due(struct sched *s, int k)
         }
 }
 
+/* Stored times are wall-clock: a clock stepped back must not make a
+ * negative duration. */
+static void observe_ms(struct histogram *h, int64_t from, int64_t to)
+{
+        histogram_observe(h, to > from ? (double) (to - from) / 1000.0 : 0.0);
+}
+
 struct sched_job *sched_take(struct sched *s, enum job_kind kind,
                              void (*interrupt)(void *arg), void *arg)
 {
@@ -1543,6 +1573,8 @@ struct sched_job *sched_take(struct sched *s, enum job_kind kind,
         j->state = JOB_RUNNING;
         j->attempts++;
         j->started_at = job_now_ms();
+        if (j->attempts == 1)
+                observe_ms(&s->timings.wait[kind], j->created_at, j->started_at);
         s->running[kind]++;
         push_op(s, sj, WOP_START, start_done);
         /* promote_due() may have readied more than one */
@@ -1561,6 +1593,7 @@ void sched_finish(struct sched *s, struct sched_job *sj, struct sched_outcome *o
 {
         pthread_mutex_lock(&s->lock);
         s->running[sj->job->kind]--;
+        observe_ms(&s->timings.run[sj->job->kind], sj->job->started_at, job_now_ms());
         lims_finish(s, sj);
         sj->where = SJ_FINISHING;
         if (sj->op_busy) {
@@ -1617,6 +1650,13 @@ void sched_get_stats(struct sched *s, struct sched_stats *ret)
                 ret->running[k] = s->running[k];
         }
         ret->limited = s->waiting;
+        pthread_mutex_unlock(&s->lock);
+}
+
+void sched_get_timings(struct sched *s, struct sched_timings *ret)
+{
+        pthread_mutex_lock(&s->lock);
+        *ret = s->timings;
         pthread_mutex_unlock(&s->lock);
 }
 

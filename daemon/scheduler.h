@@ -32,6 +32,7 @@
 #include <stdint.h>
 #include <jansson.h>
 
+#include "storage/histogram.h"
 #include "storage/job.h"
 #include "storage/store.h"
 #include "storage/writer.h"
@@ -150,6 +151,16 @@ struct sched_stats {
         size_t running[JOB_KIND__COUNT];
 };
 void sched_get_stats(struct sched *s, struct sched_stats *ret);
+
+/* Seconds, by kind: each run from its start to its end (every attempt,
+ * whatever the outcome), and each job's wait in the queue from its
+ * submission to the start of its first attempt (a retry's wait is its
+ * backoff, a policy, not queueing). */
+struct sched_timings {
+        struct histogram run[JOB_KIND__COUNT];
+        struct histogram wait[JOB_KIND__COUNT];
+};
+void sched_get_timings(struct sched *s, struct sched_timings *ret);
 
 /* Returns a new {"type", "message"} object for sched_outcome.error, or NULL on ENOMEM. */
 json_t *sched_error_new(const char *type, const char *fmt, ...)

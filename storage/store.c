@@ -74,6 +74,7 @@ struct store_reader {
         sqlite3 *db;
         sqlite3_stmt *get;
         sqlite3_stmt *count;
+        sqlite3_stmt *count_tasks;
         sqlite3_stmt *list[LIST__COMBINATIONS];
         sqlite3_stmt *batch;
         sqlite3_stmt *results[2];       /* by enum store_order */
@@ -453,6 +454,16 @@ static const char count_sql[] =
         "  WHERE batch IN (SELECT id FROM batches WHERE sealed = 0) GROUP BY state"
         ") GROUP BY state";
 
+/* The same by task and state. No index has both, so this reads the whole
+ * table. */
+static const char count_tasks_sql[] =
+        "SELECT task, state, sum(n) FROM ("
+        "  SELECT task, state, count(*) AS n FROM jobs GROUP BY task, state"
+        "  UNION ALL"
+        "  SELECT task, state, -count(*) FROM jobs"
+        "  WHERE batch IN (SELECT id FROM batches WHERE sealed = 0) GROUP BY task, state"
+        ") GROUP BY task, state";
+
 /* The reader's fixed statements, prepared once per reader: where each
  * lives in struct store_reader, and its SQL. The list statements, one per
  * combination of filters, are made by prepare_list(). */
@@ -463,6 +474,7 @@ static const struct {
         { offsetof(struct store_reader, get),
           "SELECT " JOB_COLUMNS " FROM jobs WHERE id = ?1 AND " VISIBLE },
         { offsetof(struct store_reader, count), count_sql },
+        { offsetof(struct store_reader, count_tasks), count_tasks_sql },
         { offsetof(struct store_reader, batch), BATCH_SELECT },
         /* No check that the batch is sealed: an unsealed batch has no
          * finished job, and its first job stops the submission walk. */
@@ -608,6 +620,32 @@ int store_count_states(struct store_reader *rd, int64_t ret_counts[JOB_STATE__CO
                 return r;
         memcpy(ret_counts, counts, sizeof(counts));
         return 0;
+}
+
+int store_count_tasks(struct store_reader *rd,
+                      int (*cb)(const char *task, enum job_state state, int64_t n, void *ud),
+                      void *ud)
+{
+        sqlite3_stmt *st = rd->count_tasks;
+        enum job_state state;
+        int rc, r = 0;
+
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                const char *task = (const char *) sqlite3_column_text(st, 0);
+
+                if (!task ||
+                    job_state_parse((const char *) sqlite3_column_text(st, 1), &state) < 0) {
+                        r = -EBADMSG;
+                        break;
+                }
+                r = cb(task, state, sqlite3_column_int64(st, 2), ud);
+                if (r < 0)
+                        break;
+        }
+        if (r == 0 && rc != SQLITE_DONE)
+                r = store_errno(rc);
+        sqlite3_reset(st);
+        return r;
 }
 
 static int batch_from_row(sqlite3_stmt *st, int64_t id, struct batch **ret)

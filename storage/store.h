@@ -61,6 +61,12 @@ int store_list_jobs(struct store_reader *r, const struct store_filter *f,
                     int (*cb)(struct job *j, void *ud), void *ud);
 
 int store_count_states(struct store_reader *r, int64_t ret_counts[JOB_STATE__COUNT]);
+/* Jobs by task and state, outside unsealed batches: cb once per pair that
+ * has any. It reads the whole table: callers bound how often. A negative
+ * return of cb stops the walk and is returned. */
+int store_count_tasks(struct store_reader *r,
+                      int (*cb)(const char *task, enum job_state state, int64_t n, void *ud),
+                      void *ud);
 
 /* A sealed batch with its counts by state; -ENOENT when there is none (or
  * it is not sealed). *ret is the caller's. */

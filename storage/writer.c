@@ -24,7 +24,8 @@
  * seq is the last completion-order number handed out; only the writer
  * thread touches it, and a rolled-back transaction gives its numbers back.
  * Stats: commits and failures count transactions, ops counts the ops of
- * committed ones. */
+ * committed ones; the histograms see each committed transaction's size
+ * and how long it took, sync included. */
 #include "storage/writer.h"
 
 #include <errno.h>
@@ -37,6 +38,7 @@
 #include "storage/store-internal.h"
 
 #define RETRY_PAUSE_S 1
+#define TXN_OPS_MAX 2048
 /* Checkpoint once the queue has been this long idle after a commit: not
  * after every commit, which would add a sync to each under light load. */
 #define IDLE_CHECKPOINT_MS 200
@@ -49,6 +51,16 @@
  * write of sqlite_sequence), so a chunk goes in by ITEMS_ROWS, its rest
  * row by row. */
 #define ITEMS_ROWS 100
+
+/* Ops per commit: powers of two up to past WRITER_CHUNK. */
+static const double commit_ops_bounds[] = {
+        1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+};
+/* Seconds per commit: from a page-cache write to a stalled disk. */
+static const double commit_seconds_bounds[] = {
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1, 2.5, 5, 10,
+};
 
 /* An insert of one or more rows; the values of row r are parameters
  * r * INSERT_VALUES + 1 and on, in the order of bind_job(). DO NOTHING only
@@ -793,6 +805,14 @@ static struct wop *split_failed(struct wop *batch, bool give_up,
         return kept;
 }
 
+static double monotonic_seconds(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
 static void deadline_after_ms(struct timespec *ts, long ms)
 {
         clock_gettime(CLOCK_MONOTONIC, ts);
@@ -843,11 +863,28 @@ static void checkpoint(struct writer *w)
         sqlite3_busy_timeout(w->db, STORE_BUSY_TIMEOUT_MS);
 }
 
+/* Under lock, with the queue not empty: its first TXN_OPS_MAX ops. Every
+ * op of a transaction waits for its commit, so a flood (the ends of a batch
+ * of fast jobs) must not make one transaction of seconds. */
+static struct wop *take_ops(struct writer *w)
+{
+        struct wop *first = w->head, *last = first;
+
+        for (size_t n = 1; n < TXN_OPS_MAX && last->next; n++)
+                last = last->next;
+        w->head = last->next;
+        if (!w->head)
+                w->tail = NULL;
+        last->next = NULL;
+        return first;
+}
+
 static void *writer_main(void *userdata)
 {
         struct writer *w = userdata;
         struct wop *batch, *kept, *kept_tail, *failed;
         bool dirty = false, give_up;
+        double began;
         int n;
 
         pthread_mutex_lock(&w->lock);
@@ -863,16 +900,20 @@ static void *writer_main(void *userdata)
                         }
                         continue;
                 }
-                batch = w->head;
-                w->head = w->tail = NULL;
+                batch = take_ops(w);
                 give_up = w->stopping;
                 pthread_mutex_unlock(&w->lock);
 
+                began = monotonic_seconds();
                 n = writer_commit(w, batch);
                 if (n >= 0) {
+                        double took = monotonic_seconds() - began;
+
                         pthread_mutex_lock(&w->lock);
                         w->stats.commits++;
                         w->stats.ops += (uint64_t) n;
+                        histogram_observe(&w->stats.commit_ops, n);
+                        histogram_observe(&w->stats.commit_seconds, took);
                         w->healthy = true;
                         pthread_mutex_unlock(&w->lock);
                         complete(batch);
@@ -956,6 +997,8 @@ int writer_start(struct store *s, struct writer **ret)
         pthread_mutex_init(&w->lock, NULL);
         w->db = store_db(s);
         w->healthy = true;
+        histogram_init_array(&w->stats.commit_ops, commit_ops_bounds);
+        histogram_init_array(&w->stats.commit_seconds, commit_seconds_bounds);
 
         for (int i = 0; i < ST__FIXED; i++) {
                 rc = sqlite3_prepare_v3(w->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &w->st[i], NULL);

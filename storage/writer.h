@@ -1,8 +1,8 @@
 /* The single writer: one thread owns the store's write connection and
- * commits whatever is queued in one transaction (group commit). An op's
- * done() runs on the writer thread only after its transaction committed, or
- * with an error after it failed, so nobody hears of a change that is not
- * durable. done() must not block: it hands the answer on and returns.
+ * commits what is queued (up to a couple of thousand ops) in one
+ * transaction (group commit). An op's done() runs on the writer thread only
+ * after its transaction committed, or with an error after it failed, so
+ * nobody hears of a change that is not durable. done() must not block: it hands the answer on and returns.
  *
  * When a commit fails, SUBMIT and DELETE ops end with -EIO (the client is
  * told); START, FINISH and REQUEUE are kept and committed again after a
@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "storage/batch.h"
+#include "storage/histogram.h"
 #include "storage/job.h"
 #include "storage/store.h"
 
@@ -83,6 +84,8 @@ struct writer_stats {
         uint64_t commits;
         uint64_t ops;
         uint64_t failures;
+        struct histogram commit_ops;    /* ops per committed transaction */
+        struct histogram commit_seconds;        /* BEGIN to COMMIT's return, fsync included */
 };
 
 int writer_start(struct store *s, struct writer **ret);

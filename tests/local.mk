@@ -9,7 +9,9 @@ UNIT_TESTS = \
 	tests/unit/test_http \
 	tests/unit/test_exec \
 	tests/unit/test_hub \
-	tests/unit/test_limiter
+	tests/unit/test_limiter \
+	tests/unit/test_histogram \
+	tests/unit/test_auth
 
 check_PROGRAMS += $(UNIT_TESTS)
 UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) -DFUTURED_BIN=\"$(abs_top_builddir)/futured\"
@@ -33,6 +35,10 @@ tests_unit_test_hub_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_hub_LDADD = $(UNIT_LDADD)
 tests_unit_test_limiter_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_limiter_LDADD = $(UNIT_LDADD)
+tests_unit_test_histogram_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_histogram_LDADD = $(UNIT_LDADD)
+tests_unit_test_auth_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_auth_LDADD = $(UNIT_LDADD)
 
 E2E_TESTS = \
 	tests/e2e/test_jobs.py \
@@ -45,7 +51,10 @@ E2E_TESTS = \
 	tests/e2e/test_batches.py \
 	tests/e2e/test_streams.py \
 	tests/e2e/test_wait.py \
-	tests/e2e/test_http.py
+	tests/e2e/test_http.py \
+	tests/e2e/test_ops.py \
+	tests/e2e/test_openai.py \
+	tests/e2e/test_systemd.py
 
 TESTS += $(UNIT_TESTS) $(E2E_TESTS)
 EXTRA_DIST += $(E2E_TESTS) tests/e2e/harness.py tests/e2e/fakeapi.py

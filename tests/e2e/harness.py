@@ -860,6 +860,17 @@ class DaemonTestCase(unittest.TestCase):
                 if d is not None and d.running():
                         d.stop()
 
+        def assertIdle(self, timeout=30):
+                """Waits until the daemon holds no pending or running job: a
+                test sharing the class's daemon starts from a quiet one."""
+                d = self.daemon
+                poll_until(lambda: (lambda c: c["pending"] + c["running"] == 0)(d.job_counts()), timeout,
+                           "no pending or running job before the test")
+
+        def assertHealthy(self):
+                r = self.daemon.request("GET", "/healthz")
+                self.assertEqual(r.status, 200, "healthz after the test: %r" % (r,))
+
         def assertError(self, r, status, codes, what=""):
                 """r is a JSON error with that status and one of codes (None:
                 any code)."""

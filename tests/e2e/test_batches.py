@@ -56,13 +56,10 @@ class TestBatches(BatchChecks, DaemonTestCase):
         DAEMON_ARGS = {"io_threads": 4, "cpu_workers": 2, "args": ("--max-batch-items", str(MAX_ITEMS))}
 
         def setUp(self):
-                d = self.daemon
-                poll_until(lambda: (lambda c: c["pending"] + c["running"] == 0)(d.job_counts()), 30,
-                           "no pending or running job before the test")
+                self.assertIdle()
 
         def tearDown(self):
-                r = self.daemon.request("GET", "/healthz")
-                self.assertEqual(r.status, 200, "healthz after the test: %r" % (r,))
+                self.assertHealthy()
 
         def test_items_form(self):
                 d = self.daemon

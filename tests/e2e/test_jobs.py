@@ -3,7 +3,6 @@ tags, idempotency keys, priority, cancel, delete, list and pagination."""
 
 import math
 import time
-import unittest
 import uuid
 
 import harness

@@ -81,13 +81,10 @@ class TestStreams(StreamChecks, DaemonTestCase):
                 super().setUpClass()
 
         def setUp(self):
-                d = self.daemon
-                poll_until(lambda: (lambda c: c["pending"] + c["running"] == 0)(d.job_counts()), 30,
-                           "no pending or running job before the test")
+                self.assertIdle()
 
         def tearDown(self):
-                r = self.daemon.request("GET", "/healthz")
-                self.assertEqual(r.status, 200, "healthz after the test: %r" % (r,))
+                self.assertHealthy()
 
         def test_completion_order(self):
                 d = self.daemon

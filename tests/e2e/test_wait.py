@@ -7,7 +7,7 @@ import threading
 import time
 
 import harness
-from harness import DaemonTestCase, poll_until
+from harness import DaemonTestCase
 
 MODES = ("FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED")
 
@@ -17,17 +17,14 @@ class TestWait(DaemonTestCase):
 
         def setUp(self):
                 self.long = []
-                d = self.daemon
-                poll_until(lambda: (lambda c: c["pending"] + c["running"] == 0)(d.job_counts()), 30,
-                           "no pending or running job before the test")
+                self.assertIdle()
 
         def tearDown(self):
                 d = self.daemon
                 for jid in self.long:
                         r = d.request("POST", "/v1/jobs/%s/cancel" % jid)
                         self.assertIn(r.status, (200, 202, 409), r)
-                r = d.request("GET", "/healthz")
-                self.assertEqual(r.status, 200, "healthz after the test: %r" % (r,))
+                self.assertHealthy()
 
         def sleeper(self, seconds, timeout=60):
                 j = self.daemon.submit({"task": "sleep", "args": {"seconds": seconds}, "timeout": timeout})

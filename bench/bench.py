@@ -1,24 +1,28 @@
 #!/usr/bin/env python3
 """futured benchmark: durable submissions/s, end-to-end noop jobs/s, submit
-latency, CPU pool speedup, idle CPU, and batches (a big NDJSON batch: items/s
-submitted and streamed back, peak RSS; stream delivery latency), against a
-freshly started daemon on a free loopback port. Prints a table, then one
-JSON line.
+latency, CPU pool speedup, idle CPU, batches (a big NDJSON batch: items/s
+submitted and streamed back, peak RSS; stream delivery latency), and http
+fan-out (1,000 calls to a 100 ms stand-in API against the ideal and against
+ThreadPoolExecutor + urllib), against a freshly started daemon on a free
+loopback port. Prints a table, then one JSON line.
 
   python3 bench/bench.py --futured PATH [--quick] [--reps N] [--no-peers]
-                         [--only batch]
+                         [--only core,batch,http] [--stand-in epoll|fakeapi]
 
 Each daemon runs in its own temporary directory (see tests/e2e/harness.py,
 which this reuses) and is stopped, with its workers, whatever happens.
 """
 
 import argparse
+import collections
+import concurrent.futures
 import datetime
 import http.client
 import json
 import multiprocessing
 import os
 import platform
+import select
 import shutil
 import signal
 import socket
@@ -27,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "e2e"))
@@ -34,9 +39,11 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "e2e"))
 import harness  # noqa: E402
 
 PEERS = "/work/shared/peers/futures_baseline.py"
+FAKEAPI = os.path.join(HERE, "..", "tests", "e2e", "fakeapi.py")
 NOOP_BODY = b'{"task":"noop"}'
 TARGETS = {"submit_per_s": 15000, "e2e_per_s": 10000, "p50_ms": 1.0, "speedup": 1.9, "idle_cpu_percent": 0.0,
-           "batch_submit_per_s": 200000, "batch_rss_mb": 150, "delivery_p99_ms": 2.0}
+           "batch_submit_per_s": 200000, "batch_rss_mb": 150, "delivery_p99_ms": 2.0,
+           "http_wall_vs_ideal": 1.1, "http_vs_python": 1.0}
 
 
 def log(msg):
@@ -245,7 +252,9 @@ def bench_submit(load, seconds):
 
 def bench_e2e(load, n):
         """n noop jobs over 8 connections: from the first request until the
-        stats show every one of them finished."""
+        stats show every one of them finished. The stats count the store
+        by state, so they are asked every 20 ms, not in a tight loop that
+        would take a core of the daemon (+-1 % on a run of 2 s)."""
         d = start_daemon()
         try:
                 before = sum(d.job_counts().values())
@@ -259,7 +268,7 @@ def bench_e2e(load, n):
                         stored = sum(c.values()) - before
                         return stored if stored >= gen.expected or gen.done() else None
                 try:
-                        stored = harness.poll_until(drained, 600, "every submitted job to finish", interval=0.002)
+                        stored = harness.poll_until(drained, 600, "every submitted job to finish", interval=0.02)
                         elapsed = time.monotonic() - t0
                 finally:
                         accepted, other = gen.finish()
@@ -440,6 +449,255 @@ def bench_delivery(n):
                 stop_daemon(d)
 
 
+# ---- http: 1,000 calls to a stand-in API that answers after 100 ms ----
+
+HTTP_CALLS = 1000
+HTTP_DELAY_S = 0.1
+HTTP_CONCURRENCY = (64, 256)
+OK_BODY = b'{"ok": true}'
+OK_ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+             % (len(OK_BODY), OK_BODY))
+
+
+def _parse_requests(buf):
+        """Splits the complete requests off the front of buf: returns
+        ([(path, close)], the rest)."""
+        out = []
+        while True:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                        return out, buf
+                head = buf[:end].lower()
+                length = 0
+                at = head.find(b"content-length:")
+                if at >= 0:
+                        length = int(head[at + 15:].split(b"\r\n", 1)[0])
+                if len(buf) < end + 4 + length:
+                        return out, buf
+                buf = buf[end + 4 + length:]
+                out.append((head.split(b" ", 2)[1], b"connection: close" in head))
+
+
+def _epoll_stand_in(delay, conn):
+        """The stand-in's loop: every request is answered 200 {"ok": true}
+        after delay, except /__stats (the counters) and /__reset (zero
+        them), answered at once. One thread, raw epoll and a FIFO of
+        answers (all delays are equal, so it stays sorted): about 0.1 ms
+        of CPU per connection, kernel included, where an asyncio Protocol
+        server spent about twice that here and fakeapi.py's thread per
+        connection ten times. Keep-alive unless the request says
+        "Connection: close"; no pipelining (curl and urllib never
+        pipeline)."""
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        lsock.bind((harness.HOST, 0))
+        lsock.listen(4096)
+        ep = select.epoll()
+        ep.register(lsock.fileno(), select.EPOLLIN)
+        conns = {}              # fd -> [socket, unparsed bytes]
+        due = collections.deque()       # (time, entry of conns, close)
+        counters = {"requests": 0, "inflight": 0, "max_inflight": 0}
+        conn.send(lsock.getsockname()[1])
+        conn.close()
+
+        def drop(fd):
+                entry = conns.pop(fd)
+                ep.unregister(fd)
+                entry[0].close()
+
+        def send(fd, entry, data, close):
+                if conns.get(fd) is not entry:
+                        return          # the client went away meanwhile
+                try:
+                        entry[0].send(data)
+                except OSError:
+                        close = True
+                if close:
+                        drop(fd)
+
+        while True:
+                timeout = max(0.0, due[0][0] - time.monotonic()) if due else -1
+                for fd, _ in ep.poll(timeout):
+                        if fd == lsock.fileno():
+                                while True:
+                                        try:
+                                                sock, _ = lsock.accept()
+                                        except BlockingIOError:
+                                                break
+                                        sock.setblocking(False)
+                                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                                        conns[sock.fileno()] = [sock, b""]
+                                        ep.register(sock.fileno(), select.EPOLLIN)
+                                continue
+                        entry = conns.get(fd)
+                        try:
+                                data = entry[0].recv(65536)
+                        except OSError:
+                                data = b""
+                        if not data:
+                                drop(fd)
+                                continue
+                        requests, entry[1] = _parse_requests(entry[1] + data)
+                        for path, close in requests:
+                                if path.startswith(b"/__"):
+                                        if path.startswith(b"/__reset"):
+                                                counters.update(requests=0, inflight=0, max_inflight=0)
+                                        body = json.dumps(counters).encode()
+                                        send(fd, entry, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body), close)
+                                        continue
+                                counters["requests"] += 1
+                                counters["inflight"] += 1
+                                counters["max_inflight"] = max(counters["max_inflight"], counters["inflight"])
+                                due.append((time.monotonic() + delay, fd, entry, close))
+                now = time.monotonic()
+                while due and due[0][0] <= now:
+                        _, fd, entry, close = due.popleft()
+                        counters["inflight"] -= 1
+                        send(fd, entry, OK_ANSWER, close)
+
+
+class StandIn:
+        """The stand-in API in a child process (never in this one, whose
+        GIL the Python baseline's threads hold): "epoll", the loop above,
+        or "fakeapi", tests/e2e/fakeapi.py (a thread per connection, too
+        costly per request to keep up with 256 new connections a wave on
+        2 cores). url: the delayed route; stats() and reset() use the
+        counters both keep."""
+
+        def __init__(self, impl, delay):
+                self.impl = impl
+                if impl == "epoll":
+                        ctx = multiprocessing.get_context("fork")
+                        parent, child = ctx.Pipe(duplex=False)
+                        self.proc = ctx.Process(target=_epoll_stand_in, args=(delay, child), daemon=True)
+                        self.proc.start()
+                        child.close()
+                        if not parent.poll(10):
+                                self.stop()
+                                raise RuntimeError("the epoll stand-in did not start")
+                        self.port = parent.recv()
+                        parent.close()
+                        self.pid = self.proc.pid
+                else:
+                        self.proc = subprocess.Popen([sys.executable, FAKEAPI, "--port", "0"],
+                                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+                        line = self.proc.stdout.readline()
+                        if not line.startswith("PORT "):
+                                self.stop()
+                                raise RuntimeError("fakeapi did not start: %r" % line)
+                        self.port = int(line.split()[1])
+                        self.pid = self.proc.pid
+                self.base = "http://%s:%d/" % (harness.HOST, self.port)
+                self.url = self.base + "delay?ms=%d&key=bench" % round(delay * 1000)
+                self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        def _get(self, path):
+                with self.opener.open(self.base + path, timeout=10) as r:
+                        return json.loads(r.read())
+
+        def reset(self):
+                self._get("__reset")
+
+        def stats(self):
+                """(requests, max in flight) since the last reset."""
+                s = self._get("__stats?key=bench")
+                return s["requests"], s["max_inflight"]
+
+        def cpu_seconds(self):
+                return harness.proc_cpu_ticks(self.pid) / os.sysconf("SC_CLK_TCK")
+
+        def stop(self):
+                if self.impl == "epoll":
+                        self.proc.terminate()
+                        self.proc.join(5)
+                        if self.proc.is_alive():
+                                self.proc.kill()
+                                self.proc.join()
+                else:
+                        self.proc.terminate()
+                        try:
+                                self.proc.wait(5)
+                        except subprocess.TimeoutExpired:
+                                self.proc.kill()
+                                self.proc.wait()
+                        self.proc.stdout.close()
+
+
+def timed_at_stand_in(stand_in, n, concurrency, run):
+        """Resets the stand-in, calls run() (which makes the n calls and
+        returns its wall time), and checks the stand-in saw n requests;
+        returns (wall, max in flight at the stand-in, its CPU seconds)."""
+        stand_in.reset()
+        cpu0 = stand_in.cpu_seconds()
+        wall = run()
+        cpu = stand_in.cpu_seconds() - cpu0
+        requests, inflight = stand_in.stats()
+        if requests != n:
+                raise RuntimeError("the stand-in saw %d requests for %d calls" % (requests, n))
+        if inflight > concurrency:
+                raise RuntimeError("%d requests in flight with concurrency %d" % (inflight, concurrency))
+        return wall, inflight, cpu
+
+
+def bench_http_futured(stand_in, n, io_threads):
+        """n http jobs as one batch on a daemon with io_threads I/O threads:
+        from the first byte of POST /v1/batches until its results stream
+        (completion order, opened right after the 202) ends. Returns what
+        timed_at_stand_in() does and a dict: the seconds until the 202, and
+        the CPU seconds of the daemon process (all its threads) meanwhile."""
+        d = harness.Daemon(io_threads=io_threads, cpu_workers=None, log_level="warning",
+                           args=("--allow", stand_in.base)).start()
+        try:
+                warm = d.wait(d.submit({"task": "http", "args": {"url": stand_in.base + "__stats"}})["id"])
+                if warm["state"] != "succeeded":
+                        raise RuntimeError("warm-up http job: %r" % (warm,))
+                body = json.dumps({"task": "http", "items": [{"url": stand_in.url}] * n}).encode()
+                extra = {}
+
+                def run():
+                        cpu0 = harness.proc_cpu_ticks(d.pid)
+                        t0 = time.monotonic()
+                        r = d.request("POST", "/v1/batches", raw=body, timeout=60)
+                        extra["submit_s"] = time.monotonic() - t0
+                        if r.status != 202:
+                                raise RuntimeError("http batch answered %r" % (r,))
+                        lines, _ = read_stream_to_end(d.port, "/v1/batches/%s/results" % r.json["id"])
+                        wall = time.monotonic() - t0
+                        extra["daemon_cpu_s"] = (harness.proc_cpu_ticks(d.pid) - cpu0) / os.sysconf("SC_CLK_TCK")
+                        if lines != n:
+                                raise RuntimeError("the stream gave %d lines for %d calls" % (lines, n))
+                        b = d.batch(r.json["id"])
+                        if b["counts"]["succeeded"] != n:
+                                raise RuntimeError("http batch: %r" % (b,))
+                        return wall
+                return timed_at_stand_in(stand_in, n, io_threads, run) + (extra,)
+        finally:
+                stop_daemon(d)
+
+
+def bench_http_python(stand_in, n, workers):
+        """The same n calls from ThreadPoolExecutor(workers) + urllib, the
+        way a Python pipeline would make them: from the first submit until
+        the last result."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        def call(url):
+                with opener.open(url, timeout=60) as r:
+                        r.read()
+                        return r.status
+
+        def run():
+                t0 = time.monotonic()
+                with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as ex:
+                        statuses = list(ex.map(call, [stand_in.url] * n))
+                wall = time.monotonic() - t0
+                if statuses.count(200) != n:
+                        raise RuntimeError("urllib: %d of %d calls answered 200" % (statuses.count(200), n))
+                return wall
+        return timed_at_stand_in(stand_in, n, workers, run) + ({},)
+
+
 def run_peers():
         readme = os.path.join(os.path.dirname(PEERS), "README.md")
         if not os.path.exists(PEERS) or not os.path.exists(readme):
@@ -572,14 +830,84 @@ def run_batch(res, a, reps):
         ]
 
 
+def run_http(res, a, reps):
+        """The http fan-out measurements; returns their table rows. Within a
+        rep futured and Python run back to back at each concurrency, so the
+        ratio compares runs under the same load on the machine."""
+        n = HTTP_CALLS
+        stand_in = StandIn(a.stand_in, HTTP_DELAY_S)
+        log("http: %s stand-in on port %d, %d calls of %d ms" % (a.stand_in, stand_in.port, n, HTTP_DELAY_S * 1000))
+        runs = {c: {"futured": [], "python": []} for c in HTTP_CONCURRENCY}
+        try:
+                for i in range(reps):
+                        for c in HTTP_CONCURRENCY:
+                                for who, bench in (("futured", bench_http_futured), ("python", bench_http_python)):
+                                        runs[c][who].append(bench(stand_in, n, c))
+                                        wall, inflight, cpu, extra = runs[c][who][-1]
+                                        log("http rep %d, %s %d: %.3f s (ideal %.3f s), %d in flight at most, "
+                                            "stand-in CPU %.2f s%s" % (
+                                                    i + 1, who, c, wall, n * HTTP_DELAY_S / c, inflight, cpu,
+                                                    "".join(", %s %.3f" % kv for kv in sorted(extra.items()))))
+        finally:
+                stand_in.stop()
+
+        out = {"calls": n, "delay_ms": round(HTTP_DELAY_S * 1000), "stand_in": a.stand_in}
+        rows = []
+        for c in HTTP_CONCURRENCY:
+                ideal = n * HTTP_DELAY_S / c
+                f = [r[0] for r in runs[c]["futured"]]
+                p = [r[0] for r in runs[c]["python"]]
+                vs = [x / y for x, y in zip(f, p)]
+                r = {"ideal_s": round(ideal, 4),
+                     "futured_s": summary(f, 3), "python_s": summary(p, 3),
+                     "futured_vs_ideal": round(statistics.median(f) / ideal, 2),
+                     "futured_vs_python": round(statistics.median(vs), 2),
+                     "futured_vs_python_samples": [round(x, 2) for x in vs],
+                     "python_vs_ideal": round(statistics.median(p) / ideal, 2),
+                     "max_inflight": {w: [x[1] for x in runs[c][w]] for w in ("futured", "python")},
+                     "stand_in_cpu_s": {w: summary([x[2] for x in runs[c][w]], 2) for w in ("futured", "python")},
+                     "futured_submit_s": summary([x[3]["submit_s"] for x in runs[c]["futured"]], 3),
+                     "futured_daemon_cpu_s": summary([x[3]["daemon_cpu_s"] for x in runs[c]["futured"]], 2)}
+                out[str(c)] = r
+                res["targets_met"].update({
+                        "http_wall_vs_ideal_%d" % c: r["futured_vs_ideal"] <= TARGETS["http_wall_vs_ideal"],
+                        "http_vs_python_%d" % c: r["futured_vs_python"] < TARGETS["http_vs_python"],
+                })
+                rows += [
+                        ("http %d x 100 ms, %d io threads" % (n, c), "%.3f s" % r["futured_s"]["median"],
+                         "ideal %.3f s" % ideal),
+                        ("http %d: futured wall / ideal" % c, "%.2f" % r["futured_vs_ideal"], "<= 1.1"),
+                        ("http %d: ThreadPoolExecutor+urllib" % c, "%.3f s" % r["python_s"]["median"],
+                         "%.2f x ideal" % r["python_vs_ideal"]),
+                        ("http %d: futured / python" % c, "%.2f" % r["futured_vs_python"], "< 1"),
+                ]
+        res["http"] = out
+        return rows
+
+
+SECTIONS = ("core", "batch", "http")
+
+
+def sections(text):
+        """--only's value: a comma-separated list of SECTIONS."""
+        names = [x for x in text.split(",") if x]
+        bad = [x for x in names if x not in SECTIONS]
+        if bad or not names:
+                raise argparse.ArgumentTypeError("unknown group %r (core, batch, http)" % ",".join(bad or [text]))
+        return names
+
+
 def main():
         ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
         ap.add_argument("--futured", required=True, help="the built futured binary")
         ap.add_argument("--quick", action="store_true", help="1 rep, shorter runs (smoke test)")
         ap.add_argument("--reps", type=int, default=None, help="repetitions of each measurement (3)")
         ap.add_argument("--no-peers", action="store_true", help="skip the concurrent.futures baseline")
-        ap.add_argument("--only", choices=("core", "batch"), default=None,
-                        help="only the job measurements (core) or only the batch ones")
+        ap.add_argument("--only", type=sections, default=SECTIONS,
+                        help="comma-separated groups to run: core (jobs), batch, http (all of them)")
+        ap.add_argument("--stand-in", choices=("epoll", "fakeapi"), default="epoll",
+                        help="the stand-in API of the http measurements (epoll: a one-thread loop in a "
+                        "child process; fakeapi: tests/e2e/fakeapi.py, a thread per connection)")
         ap.add_argument("--batch-items", type=int, default=None,
                         help="items in the big NDJSON batch (1,000,000; 100,000 with --quick)")
         a = ap.parse_args()
@@ -594,14 +922,16 @@ def main():
         res["meta"]["futured"] = os.environ["FUTURED_BIN"]
 
         rows = []
-        if a.only in (None, "core"):
+        if "core" in a.only:
                 rows += run_core(res, load, a, reps)
                 if not a.no_peers:
                         peers = run_peers()
                         if peers:
                                 res["peers"] = peer_ratios(res, peers)
-        if a.only in (None, "batch"):
+        if "batch" in a.only:
                 rows += run_batch(res, a, reps)
+        if "http" in a.only:
+                rows += run_http(res, a, reps)
 
         m = res["meta"]
         print("futured bench: %d x %s, kernel %s, %d rep(s)%s" % (m["nproc"], m["model_name"], m["kernel"], reps,

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include "api/server.h"
 
@@ -15,10 +16,17 @@ struct hub;
 struct metrics;
 struct store_reader;
 
-struct api {
-        struct api_options o;
-        struct api_deps d;
+/* One libmicrohttpd daemon per listening socket; everything else is shared. */
+struct api_daemon {
         struct MHD_Daemon *mhd;
+        int quiesced_fd;                /* the listen socket MHD gave back; closed after stop */
+};
+
+struct api {
+        struct api_options o;           /* listen_fds cleared: given to the daemons */
+        struct api_deps d;
+        struct api_daemon *daemons;     /* owned; n_daemons of them started */
+        size_t n_daemons;
         struct hub *hub;
         struct metrics *metrics;
         struct auth *auth;              /* NULL: no tokens_file, every request served */
@@ -28,7 +36,12 @@ struct api {
         atomic_bool serving;            /* started: MHD's messages are client noise now */
         atomic_bool stopping;           /* set by api_quiesce: new requests get 503 */
         atomic_size_t body_bytes;       /* heap bytes of request bodies, all connections */
-        int quiesced_fd;                /* the listen socket MHD gave back; closed after stop */
+        pthread_mutex_t probe_lock;     /* one api_probe() at a time */
+        /* The connection api_probe() has in flight: the fd MHD got, and the
+         * inode of its socket, since the number outlives the socket; -1:
+         * none. */
+        atomic_int probe_fd;
+        _Atomic(ino_t) probe_ino;
         pthread_mutex_t lock;
         pthread_cond_t idle;            /* suspended dropped to 0 */
         unsigned suspended;             /* connections suspended right now */

@@ -10,18 +10,26 @@
  *   fires every hub waiter, and the writer (still running) resumes the
  *   submissions and deletes it holds;
  * - the tokens file and the TLS files are read once, at start: a missing or
- *   bad one stops the start rather than serve without what was asked. */
+ *   bad one stops the start rather than serve without what was asked;
+ * - every listening socket has its own MHD daemon (MHD takes one listen
+ *   socket each), and they share everything else: the hub, the metrics,
+ *   the body budget, the readers. So any of them answers for all;
+ * - a probe's connection (api_probe) is told apart by its socket, never by
+ *   what it sends: its requests get the server's own empty answer and are
+ *   neither handled nor counted. */
 #include "api/server.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <microhttpd.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +38,7 @@
 #include "api/hub.h"
 #include "api/metrics.h"
 #include "api/request.h"
+#include "api/routes.h"
 #include "daemon/log.h"
 #include "storage/store.h"
 
@@ -43,6 +52,10 @@
 #define API_CONNECTION_MEMORY (32 * 1024)
 /* A tokens, certificate or key file bigger than this is not one. */
 #define API_FILE_MAX (1024 * 1024)
+
+/* What a probe connection's requests carry instead of a struct request:
+ * only its address matters. */
+static char probe_tag;
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
@@ -58,9 +71,39 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
         log_msg(atomic_load(&a->serving) ? LOG_DEBUG : LOG_WARNING, "http: %s", line);
 }
 
+/* Whether conn is the probe in flight. Its fd number alone could be a
+ * new client's already, once MHD closed the probe's socket. */
+static bool is_probe(struct api *a, struct MHD_Connection *conn)
+{
+        const union MHD_ConnectionInfo *ci;
+        struct stat st;
+
+        ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci || ci->connect_fd != atomic_load(&a->probe_fd))
+                return false;
+        return fstat(ci->connect_fd, &st) == 0 && st.st_ino == atomic_load(&a->probe_ino);
+}
+
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
-        return request_new(cls, conn, uri);
+        struct api *a = cls;
+
+        if (atomic_load(&a->probe_fd) >= 0 && is_probe(a, conn))
+                return &probe_tag;
+        return request_new(a, conn, uri);
+}
+
+static enum MHD_Result probe_answer(struct MHD_Connection *conn)
+{
+        struct MHD_Response *resp;
+        enum MHD_Result ret;
+
+        resp = MHD_create_response_from_buffer(0, (void *) "", MHD_RESPMEM_PERSISTENT);
+        if (!resp)
+                return MHD_NO;
+        ret = MHD_queue_response(conn, MHD_HTTP_NO_CONTENT, resp);
+        MHD_destroy_response(resp);
+        return ret;
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
@@ -70,24 +113,45 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         struct request *req = *con_cls;
 
         (void) cls;
-        (void) conn;
         (void) version;
         /* request_new() ran out of memory: MHD closes the connection. */
         if (!req)
                 return MHD_NO;
+        if ((void *) req == &probe_tag)
+                return probe_answer(conn);
         if (!req->begun)
                 return request_begin(req, url, method);
         return request_continue(req, data, size);
 }
 
+/* Whether req, ending with status, may have changed the job counts: a
+ * submission, a cancel or a delete went through. */
+static bool changes_counts(const struct request *req, unsigned status)
+{
+        return req->route && status >= 200 && status < 300 &&
+               (strcmp(req->route->method, "POST") == 0 ||
+                strcmp(req->route->method, "DELETE") == 0);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-        (void) cls;
-        (void) conn;
+        struct api *a = cls;
+        struct request *req = *con_cls;
+        const union MHD_ConnectionInfo *ci;
+        bool changed = false;
+
         (void) toe;
-        request_free(*con_cls);
         *con_cls = NULL;
+        if ((void *) req == &probe_tag)
+                return;
+        if (req && a->o.on_change) {
+                ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_HTTP_STATUS);
+                changed = ci && changes_counts(req, ci->http_status);
+        }
+        request_free(req);
+        if (changed)
+                a->o.on_change(a->o.userdata);
 }
 
 static void reader_destroy(void *r)
@@ -219,7 +283,8 @@ static int tls_load(struct api *a)
         return file_read(a->o.tls_key, "TLS key", true, &a->tls_key, &len);
 }
 
-/* What api_start() made, half made or whole; accepts NULL. */
+/* What api_start() made, half made or whole, once no daemon runs; accepts
+ * NULL. */
 static void api_free(struct api *a)
 {
         if (!a)
@@ -229,7 +294,9 @@ static void api_free(struct api *a)
         auth_free(a->auth);
         free(a->tls_cert);
         secret_free(a->tls_key);
+        free(a->daemons);
         pthread_key_delete(a->reader_key);
+        pthread_mutex_destroy(&a->probe_lock);
         pthread_cond_destroy(&a->idle);
         pthread_mutex_destroy(&a->lock);
         free(a);
@@ -242,38 +309,80 @@ static struct api *api_new(const struct api_options *o, const struct api_deps *d
         if (!a)
                 return NULL;
         a->o = *o;
+        a->o.listen_fds = NULL;
+        a->o.n_listen_fds = 0;
         a->d = *d;
-        a->quiesced_fd = -1;
-        if (pthread_mutex_init(&a->lock, NULL) != 0) {
-                free(a);
-                return NULL;
-        }
-        if (pthread_cond_init(&a->idle, NULL) != 0) {
-                pthread_mutex_destroy(&a->lock);
-                free(a);
-                return NULL;
-        }
-        if (pthread_key_create(&a->reader_key, reader_destroy) != 0) {
-                pthread_cond_destroy(&a->idle);
-                pthread_mutex_destroy(&a->lock);
-                free(a);
-                return NULL;
-        }
+        atomic_init(&a->probe_fd, -1);
+        a->daemons = calloc(o->n_listen_fds, sizeof(*a->daemons));
+        if (!a->daemons)
+                goto fail;
+        if (pthread_mutex_init(&a->lock, NULL) != 0)
+                goto fail;
+        if (pthread_cond_init(&a->idle, NULL) != 0)
+                goto fail_lock;
+        if (pthread_mutex_init(&a->probe_lock, NULL) != 0)
+                goto fail_idle;
+        if (pthread_key_create(&a->reader_key, reader_destroy) != 0)
+                goto fail_probe_lock;
         return a;
+
+fail_probe_lock:
+        pthread_mutex_destroy(&a->probe_lock);
+fail_idle:
+        pthread_cond_destroy(&a->idle);
+fail_lock:
+        pthread_mutex_destroy(&a->lock);
+fail:
+        free(a->daemons);
+        free(a);
+        return NULL;
+}
+
+/* The daemon serving listening socket fd, which MHD owns from here on,
+ * started or not. */
+static int daemon_start(struct api *a, int fd, struct api_daemon *ret)
+{
+        /* Empty, or the certificate and key: MHD_OPTION_ARRAY takes either. */
+        struct MHD_OptionItem tls[3] = { { MHD_OPTION_END, 0, NULL } };
+        unsigned flags = mhd_flags(fd);
+        struct MHD_Daemon *mhd;
+
+        if (a->tls_cert) {
+                flags |= MHD_USE_TLS;
+                tls[0] = (struct MHD_OptionItem) { MHD_OPTION_HTTPS_MEM_CERT, 0, a->tls_cert };
+                tls[1] = (struct MHD_OptionItem) { MHD_OPTION_HTTPS_MEM_KEY, 0, a->tls_key };
+                tls[2] = (struct MHD_OptionItem) { MHD_OPTION_END, 0, NULL };
+        }
+        mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_access, a,
+                               MHD_OPTION_EXTERNAL_LOGGER, mhd_log, a,
+                               MHD_OPTION_LISTEN_SOCKET, (MHD_socket) fd,
+                               MHD_OPTION_THREAD_POOL_SIZE, a->o.threads,
+                               MHD_OPTION_CONNECTION_TIMEOUT, a->o.connection_timeout,
+                               MHD_OPTION_CONNECTION_LIMIT, a->o.max_connections,
+                               MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) API_CONNECTION_MEMORY,
+                               MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
+                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+                               MHD_OPTION_ARRAY, tls,
+                               MHD_OPTION_END);
+        /* MHD logged why; it disposed of the socket it was given. */
+        if (!mhd)
+                return -EIO;
+        *ret = (struct api_daemon) { .mhd = mhd, .quiesced_fd = -1 };
+        return 0;
 }
 
 int api_start(const struct api_options *o, const struct api_deps *d, struct api **ret)
 {
-        /* Empty, or the certificate and key: MHD_OPTION_ARRAY takes either. */
-        struct MHD_OptionItem tls[3] = { { MHD_OPTION_END, 0, NULL } };
-        unsigned flags = mhd_flags(o->listen_fd);
         struct api *a;
+        size_t i = 0;
         int r;
 
+        if (o->n_listen_fds == 0)
+                return -EINVAL;
         a = api_new(o, d);
         if (!a) {
-                close(o->listen_fd);
-                return -ENOMEM;
+                r = -ENOMEM;
+                goto fail;
         }
         r = hub_new(&a->hub);
         if (r == 0)
@@ -284,40 +393,26 @@ int api_start(const struct api_options *o, const struct api_deps *d, struct api 
                 r = tokens_load(a);
         if (r == 0)
                 r = tls_load(a);
+        for (; r == 0 && i < o->n_listen_fds; i++) {
+                r = daemon_start(a, o->listen_fds[i], &a->daemons[i]);
+                if (r == 0)
+                        a->n_daemons++;
+        }
         if (r < 0) {
-                api_free(a);
-                close(o->listen_fd);
-                return r;
-        }
-        if (a->tls_cert) {
-                flags |= MHD_USE_TLS;
-                tls[0] = (struct MHD_OptionItem) { MHD_OPTION_HTTPS_MEM_CERT, 0, a->tls_cert };
-                tls[1] = (struct MHD_OptionItem) { MHD_OPTION_HTTPS_MEM_KEY, 0, a->tls_key };
-                tls[2] = (struct MHD_OptionItem) { MHD_OPTION_END, 0, NULL };
-        }
-
-        a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_access, a,
-                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, a,
-                                  MHD_OPTION_LISTEN_SOCKET, (MHD_socket) o->listen_fd,
-                                  MHD_OPTION_THREAD_POOL_SIZE, o->threads,
-                                  MHD_OPTION_CONNECTION_TIMEOUT, o->connection_timeout,
-                                  MHD_OPTION_CONNECTION_LIMIT, o->max_connections,
-                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                                  (size_t) API_CONNECTION_MEMORY,
-                                  MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
-                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
-                                  MHD_OPTION_ARRAY, tls,
-                                  MHD_OPTION_END);
-        if (!a->mhd) {
-                /* MHD logged why; it disposed of the socket it was given. */
-                api_free(a);
-                return -EIO;
+                /* Daemons already started may hold requests: the full stop. */
+                api_stop(a);
+                goto fail;
         }
         atomic_store(&a->serving, true);
         if (a->auth)
                 log_info("http: bearer tokens required (tokens file %s)", o->tokens_file);
         *ret = a;
         return 0;
+
+fail:
+        for (; i < o->n_listen_fds; i++)
+                close(o->listen_fds[i]);
+        return r;
 }
 
 void api_job_finished(int64_t id, int64_t batch, void *api)
@@ -342,18 +437,104 @@ void api_suspended_sub(struct api *a)
         pthread_mutex_unlock(&a->lock);
 }
 
+static double now_seconds(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+/* 0 once fd has something to say (an answer, an end of file, an error),
+ * -ETIMEDOUT at deadline. */
+static int wait_readable(int fd, double deadline)
+{
+        for (;;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                double left = deadline - now_seconds();
+                int r;
+
+                if (left <= 0)
+                        return -ETIMEDOUT;
+                r = poll(&p, 1, (int) (left * 1000) + 1);
+                if (r > 0)
+                        return 0;
+                if (r < 0 && errno != EINTR)
+                        return -errno;
+        }
+}
+
+/* Under probe_lock. */
+static int probe_daemon(struct api *a, struct MHD_Daemon *mhd, double deadline)
+{
+        static const char request[] = "GET /healthz HTTP/1.0\r\n\r\n";
+        /* What an unnamed Unix client, as a socketpair's end is, looks like. */
+        const struct sockaddr_un peer = { .sun_family = AF_UNIX };
+        struct stat st;
+        int fds[2], r = 0;
+
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0)
+                return -errno;
+        if (fstat(fds[1], &st) < 0) {
+                r = -errno;
+                close(fds[1]);
+                goto out;
+        }
+        atomic_store(&a->probe_ino, st.st_ino);
+        atomic_store(&a->probe_fd, fds[1]);
+        /* MHD owns fds[1] from here, added or not. */
+        if (MHD_add_connection(mhd, fds[1], (const struct sockaddr *) &peer,
+                               sizeof(peer.sun_family)) != MHD_YES) {
+                /* Every thread at the connection limit proves nothing
+                 * either way; a busy server is no reason to restart it. */
+                r = errno == ENFILE ? 0 : errno ? -errno : -EIO;
+                goto out;
+        }
+        /* A TLS daemon would wait for a handshake; an end of file instead
+         * ends it at once, and the close that follows is the reaction. */
+        if (a->tls_cert) {
+                if (shutdown(fds[0], SHUT_WR) < 0)
+                        r = -errno;
+        } else if (send(fds[0], request, sizeof(request) - 1, MSG_NOSIGNAL) < 0) {
+                r = -errno;
+        }
+        if (r == 0)
+                r = wait_readable(fds[0], deadline);
+out:
+        atomic_store(&a->probe_fd, -1);
+        close(fds[0]);
+        return r;
+}
+
+int api_probe(struct api *a, double timeout)
+{
+        double deadline = now_seconds() + timeout;
+        int r = 0;
+
+        pthread_mutex_lock(&a->probe_lock);
+        /* Quiesced: the servers are going away, nothing to prove. */
+        if (atomic_load(&a->stopping))
+                r = -ESHUTDOWN;
+        for (size_t i = 0; r == 0 && i < a->n_daemons; i++)
+                r = probe_daemon(a, a->daemons[i].mhd, deadline);
+        pthread_mutex_unlock(&a->probe_lock);
+        return r;
+}
+
 void api_quiesce(struct api *a)
 {
-        MHD_socket fd;
-
         if (!a || atomic_exchange(&a->stopping, true))
                 return;
-        fd = MHD_quiesce_daemon(a->mhd);
-        if (fd != MHD_INVALID_SOCKET) {
+        for (size_t i = 0; i < a->n_daemons; i++) {
+                struct api_daemon *ad = &a->daemons[i];
+                MHD_socket fd = MHD_quiesce_daemon(ad->mhd);
+
+                if (fd == MHD_INVALID_SOCKET)
+                        continue;
                 /* MHD's threads may still hold the fd, so it is closed only
                  * after MHD_stop_daemon(); shutting it down now refuses new
                  * clients at once instead of leaving them in the backlog. */
-                a->quiesced_fd = fd;
+                ad->quiesced_fd = fd;
                 if (shutdown(fd, SHUT_RDWR) < 0)
                         log_debug("http: shutdown of the listening socket: %m");
         }
@@ -388,14 +569,16 @@ void api_stop(struct api *a)
         left = wait_idle(a);
         if (left > 0) {
                 /* MHD_stop_daemon() with suspended connections hangs or
-                 * aborts; leaving the server to process exit is the lesser
+                 * aborts; leaving the servers to process exit is the lesser
                  * harm. */
                 log_error("http: %u requests still suspended after %ds; not stopping the server",
                           left, API_STOP_WAIT);
                 return;
         }
-        MHD_stop_daemon(a->mhd);
-        if (a->quiesced_fd >= 0)
-                close(a->quiesced_fd);
+        for (size_t i = 0; i < a->n_daemons; i++) {
+                MHD_stop_daemon(a->daemons[i].mhd);
+                if (a->daemons[i].quiesced_fd >= 0)
+                        close(a->daemons[i].quiesced_fd);
+        }
         api_free(a);
 }

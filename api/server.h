@@ -15,7 +15,11 @@ struct procpool;
 struct api;
 
 struct api_options {
-        int listen_fd;                  /* a bound, listening socket; the api owns it */
+        /* Bound, listening sockets (at least one), each served by its own
+         * libmicrohttpd daemon; the api owns them from api_start() on, and
+         * keeps neither the array nor its pointer. */
+        const int *listen_fds;
+        size_t n_listen_fds;
         unsigned threads;               /* libmicrohttpd worker threads */
         unsigned max_connections;
         unsigned connection_timeout;    /* seconds of client silence */
@@ -27,6 +31,11 @@ struct api_options {
         const char *tls_cert;           /* PEM files; NULL: plain HTTP */
         const char *tls_key;
         const char *openai_base_url;    /* ?format=openai batches; NULL: none set */
+        /* A request that may have changed the job counts ended (a 2xx
+         * answer to a POST or a DELETE): any MHD thread, so it must be
+         * quick; NULL: nobody asks. */
+        void (*on_change)(void *userdata);
+        void *userdata;
 };
 
 /* The parts the handlers read; none is owned by the api. */
@@ -43,6 +52,14 @@ int api_start(const struct api_options *o, const struct api_deps *d, struct api 
 /* The scheduler's on_finished: wakes every waiter on job id and every
  * stream of its batch (id 0: on any job of the batch). Any thread. */
 void api_job_finished(int64_t id, int64_t batch, void *api);
+/* Whether every daemon's loop still serves: each is handed, through
+ * MHD_add_connection(), one end of a socketpair that asks for /healthz
+ * (a TLS daemon gets an end of file instead of a handshake), and must
+ * react, with an answer or a close, within timeout seconds all told. The
+ * server answers these itself: no handler runs and nothing is counted.
+ * 0, -ETIMEDOUT, -ESHUTDOWN once quiesced, or another negative errno.
+ * Any thread; probes from several threads take turns. */
+int api_probe(struct api *a, double timeout);
 /* Stops accepting connections and answers every suspended request now. */
 void api_quiesce(struct api *a);
 /* Closes every connection and frees. Accepts NULL. */

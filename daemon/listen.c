@@ -168,7 +168,12 @@ int listen_inherited(int *ret, size_t n)
         return count;
 }
 
-void listen_address_describe(const struct listen_address *a, char *buf, size_t len)
+struct listen_address {
+        struct sockaddr_storage sa;
+        socklen_t len;
+};
+
+static void address_describe(const struct listen_address *a, char *buf, size_t len)
 {
         char host[INET6_ADDRSTRLEN];
 
@@ -203,28 +208,5 @@ void listen_describe(int fd, char *buf, size_t len)
         if (getsockname(fd, (struct sockaddr *)&a.sa, &a.len) < 0)
                 snprintf(buf, len, "fd %d", fd);
         else
-                listen_address_describe(&a, buf, len);
-}
-
-int listen_local_address(int fd, struct listen_address *ret)
-{
-        struct listen_address a = { .len = sizeof(a.sa) };
-
-        if (getsockname(fd, (struct sockaddr *)&a.sa, &a.len) < 0)
-                return -errno;
-        if (a.sa.ss_family == AF_INET) {
-                struct sockaddr_in *s4 = (struct sockaddr_in *)&a.sa;
-
-                if (s4->sin_addr.s_addr == htonl(INADDR_ANY))
-                        s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        } else if (a.sa.ss_family == AF_INET6) {
-                struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&a.sa;
-
-                if (IN6_IS_ADDR_UNSPECIFIED(&s6->sin6_addr))
-                        s6->sin6_addr = in6addr_loopback;
-        } else if (a.sa.ss_family != AF_UNIX || a.len <= offsetof(struct sockaddr_un, sun_path)) {
-                return -EAFNOSUPPORT;
-        }
-        *ret = a;
-        return 0;
+                address_describe(&a, buf, len);
 }

@@ -26,15 +26,4 @@ int listen_inherited(int *ret, size_t n);
 /* "127.0.0.1:7700", "[::1]:7700" or "unix:/run/futured.sock", for logs. */
 void listen_describe(int fd, char *buf, size_t len);
 
-/* Where a client on this host reaches listening socket fd: its own
- * address, with a wildcard host made the loopback one. */
-struct listen_address {
-        struct sockaddr_storage sa;
-        socklen_t len;
-};
-/* 0, or -EAFNOSUPPORT for an unnamed or unknown kind of socket. */
-int listen_local_address(int fd, struct listen_address *ret);
-/* As listen_describe() does. */
-void listen_address_describe(const struct listen_address *a, char *buf, size_t len);
-
 #endif

@@ -10,10 +10,11 @@
  * chain backwards: STOPPING=1, stop accepting, answer the waiting, drain
  * the pools, close the store.
  *
- * Each listening socket (several only through socket activation) gets its
- * own HTTP server: libmicrohttpd takes one listen socket per daemon. */
+ * One HTTP server serves every listening socket (several only through
+ * socket activation). */
 #include <errno.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -96,26 +97,61 @@ static int recovered_batch(int64_t batch, int priority, void *userdata)
         return 0;
 }
 
-/* Who hears of a job's end. The scheduler exists before the servers and
- * the watchdog, so its events (on the writer thread) go through here: each
- * is set once up and cleared, under the lock, before it goes. */
+/* Who hears of a job's end or a submission. The scheduler exists before
+ * the server and the watchdog, and the server outlives the watchdog, so
+ * their events (the writer thread, MHD's threads) go through here: each
+ * listener is set once up and cleared, under the write lock, before it
+ * goes. The events take the read lock, so they never wait for each
+ * other. */
 struct audience {
-        pthread_mutex_t lock;
-        struct api *apis[LISTEN_MAX];
-        size_t n_apis;
+        pthread_rwlock_t lock;
+        struct api *api;
         struct watchdog *watchdog;
 };
+
+/* Each sets its listener to p and returns the one it replaces. */
+static struct api *audience_set_api(struct audience *l, struct api *p)
+{
+        struct api *old;
+
+        pthread_rwlock_wrlock(&l->lock);
+        old = l->api;
+        l->api = p;
+        pthread_rwlock_unlock(&l->lock);
+        return old;
+}
+
+static struct watchdog *audience_set_watchdog(struct audience *l, struct watchdog *p)
+{
+        struct watchdog *old;
+
+        pthread_rwlock_wrlock(&l->lock);
+        old = l->watchdog;
+        l->watchdog = p;
+        pthread_rwlock_unlock(&l->lock);
+        return old;
+}
 
 static void on_job_finished(int64_t id, int64_t batch, void *userdata)
 {
         struct audience *l = userdata;
 
-        pthread_mutex_lock(&l->lock);
-        for (size_t i = 0; i < l->n_apis; i++)
-                api_job_finished(id, batch, l->apis[i]);
+        pthread_rwlock_rdlock(&l->lock);
+        if (l->api)
+                api_job_finished(id, batch, l->api);
         if (l->watchdog)
                 watchdog_job_finished(l->watchdog, id);
-        pthread_mutex_unlock(&l->lock);
+        pthread_rwlock_unlock(&l->lock);
+}
+
+static void on_api_change(void *userdata)
+{
+        struct audience *l = userdata;
+
+        pthread_rwlock_rdlock(&l->lock);
+        if (l->watchdog)
+                watchdog_poke(l->watchdog);
+        pthread_rwlock_unlock(&l->lock);
 }
 
 /* Splits text in place at spaces and tabs into words[], NULL-terminated;
@@ -222,22 +258,6 @@ static int open_listeners(const struct config *c, int fds[static LISTEN_MAX], si
         return 0;
 }
 
-/* What the watchdog's HTTP probe connects to: one address per socket that
- * has one (an unnamed Unix socket has none and goes unprobed). */
-static size_t probe_addresses(const int *fds, size_t n, struct listen_address *ret)
-{
-        size_t k = 0;
-
-        for (size_t i = 0; i < n; i++) {
-                if (listen_local_address(fds[i], &ret[k]) == 0)
-                        k++;
-                else
-                        log_notice("listening socket %zu has no address: the watchdog cannot probe it",
-                                   i);
-        }
-        return k;
-}
-
 /* SIGHUP: the configuration again, from the same file and flags (flags
  * still win). Only log_level changes at run time; every other key that
  * differs is reported as needing a restart, and a bad file changes
@@ -313,78 +333,41 @@ static void block_signals(void)
         signal(SIGPIPE, SIG_IGN);
 }
 
-/* Starts one HTTP server per listening socket, each owning its fd from the
- * call on (the ones not reached are closed here). */
-static int start_servers(const struct config *c, const struct api_deps *deps, int *fds, size_t n,
-                         struct audience *l)
+/* The HTTP server on fds[0..n), which it owns from the call on. */
+static int start_server(const struct config *c, const struct api_deps *deps, const int *fds,
+                        size_t n, struct audience *l)
 {
-        int r = 0;
+        struct api *a;
+        int r;
 
-        for (size_t i = 0; i < n; i++) {
-                struct api *a;
-
-                if (r < 0) {
-                        close(fds[i]);
-                        continue;
-                }
-                r = api_start(&(struct api_options){
-                                      .listen_fd = fds[i],
-                                      .threads = c->http_threads,
-                                      .max_connections = c->max_connections,
-                                      .connection_timeout = c->connection_timeout,
-                                      .max_body = c->max_body,
-                                      .max_wait = c->max_wait,
-                                      .default_timeout = c->default_timeout,
-                                      .max_batch_items = (int64_t)c->max_batch_items,
-                                      .tokens_file = c->tokens_file[0] ? c->tokens_file : NULL,
-                                      .tls_cert = c->tls_cert[0] ? c->tls_cert : NULL,
-                                      .tls_key = c->tls_key[0] ? c->tls_key : NULL,
-                                      .openai_base_url = c->base_url[0] ? c->base_url : NULL,
-                              },
-                              deps, &a);
-                if (r < 0) {
-                        log_errno(LOG_ERR, r, "cannot start the HTTP server");
-                        continue;
-                }
-                pthread_mutex_lock(&l->lock);
-                l->apis[l->n_apis++] = a;
-                pthread_mutex_unlock(&l->lock);
-        }
-        return r;
-}
-
-static void stop_servers(struct audience *l)
-{
-        struct api *apis[LISTEN_MAX];
-        size_t n;
-
-        /* Out of the lock: api_stop() waits for suspended requests, which
-         * the writer thread, calling on_job_finished(), may resume. */
-        pthread_mutex_lock(&l->lock);
-        n = l->n_apis;
-        memcpy(apis, l->apis, n * sizeof(apis[0]));
-        l->n_apis = 0;
-        pthread_mutex_unlock(&l->lock);
-        for (size_t i = 0; i < n; i++)
-                api_stop(apis[i]);
-}
-
-static void stop_watchdog(struct audience *l)
-{
-        struct watchdog *w;
-
-        pthread_mutex_lock(&l->lock);
-        w = l->watchdog;
-        l->watchdog = NULL;
-        pthread_mutex_unlock(&l->lock);
-        watchdog_stop(w);
+        r = api_start(&(struct api_options){
+                              .listen_fds = fds,
+                              .n_listen_fds = n,
+                              .threads = c->http_threads,
+                              .max_connections = c->max_connections,
+                              .connection_timeout = c->connection_timeout,
+                              .max_body = c->max_body,
+                              .max_wait = c->max_wait,
+                              .default_timeout = c->default_timeout,
+                              .max_batch_items = (int64_t)c->max_batch_items,
+                              .tokens_file = c->tokens_file[0] ? c->tokens_file : NULL,
+                              .tls_cert = c->tls_cert[0] ? c->tls_cert : NULL,
+                              .tls_key = c->tls_key[0] ? c->tls_key : NULL,
+                              .openai_base_url = c->base_url[0] ? c->base_url : NULL,
+                              .on_change = on_api_change,
+                              .userdata = l,
+                      },
+                      deps, &a);
+        if (r < 0)
+                return log_errno(LOG_ERR, r, "cannot start the HTTP server");
+        audience_set_api(l, a);
+        return 0;
 }
 
 static int run(int argc, char **argv, struct config *c)
 {
         struct store_options so = { .path = c->db, .sync_full = c->sync_full };
-        struct audience l = { .lock = PTHREAD_MUTEX_INITIALIZER };
-        struct listen_address probes[LISTEN_MAX];
+        struct audience l = { .lock = PTHREAD_RWLOCK_INITIALIZER };
         struct recovered rec = { 0 };
         struct store *store = NULL;
         struct writer *writer = NULL;
@@ -395,7 +378,7 @@ static int run(int argc, char **argv, struct config *c)
         struct watchdog *watchdog = NULL;
         bool drained = false;
         int fds[LISTEN_MAX];
-        size_t n_fds = 0, n_probes;
+        size_t n_fds = 0;
         uint64_t watchdog_usec = 0;
         int r;
 
@@ -414,7 +397,6 @@ static int run(int argc, char **argv, struct config *c)
         r = open_listeners(c, fds, &n_fds);
         if (r < 0)
                 return r;
-        n_probes = probe_addresses(fds, n_fds, probes);
         r = store_open(&so, &store);
         if (r < 0) {
                 log_errno(LOG_ERR, r, "cannot open the store %s", c->db);
@@ -488,17 +470,17 @@ static int run(int argc, char **argv, struct config *c)
                 log_errno(LOG_ERR, r, "cannot start the CPU pool");
                 goto out;
         }
-        /* Each server owns its fd from here on, started or not. */
-        r = start_servers(c,
-                          &(struct api_deps){
-                                  .store = store,
-                                  .sched = sched,
-                                  .writer = writer,
-                                  .iopool = iopool,
-                                  .procpool = procpool,
-                                  .started_at = task_monotonic(),
-                          },
-                          fds, n_fds, &l);
+        /* The server owns the fds from here on, started or not. */
+        r = start_server(c,
+                         &(struct api_deps){
+                                 .store = store,
+                                 .sched = sched,
+                                 .writer = writer,
+                                 .iopool = iopool,
+                                 .procpool = procpool,
+                                 .started_at = task_monotonic(),
+                         },
+                         fds, n_fds, &l);
         n_fds = 0;
         if (r < 0)
                 goto out;
@@ -513,17 +495,14 @@ static int run(int argc, char **argv, struct config *c)
                                    .writer = writer,
                                    .iopool = iopool,
                                    .procpool = procpool,
-                                   .http = probes,
-                                   .n_http = n_probes,
+                                   .api = l.api,
                            },
                            &watchdog);
         if (r < 0) {
                 log_errno(LOG_ERR, r, "cannot start the watchdog");
                 goto out;
         }
-        pthread_mutex_lock(&l.lock);
-        l.watchdog = watchdog;
-        pthread_mutex_unlock(&l.lock);
+        audience_set_watchdog(&l, watchdog);
         if (watchdog_usec)
                 log_info("watchdog: a ping every %.1f s while every part is alive",
                          (double)watchdog_usec / 2e6);
@@ -531,10 +510,10 @@ static int run(int argc, char **argv, struct config *c)
         r = wait_for_stop(argc, argv, c);
 
         sd_notify(0, "STOPPING=1\nSTATUS=stopping: letting running jobs finish");
-        stop_watchdog(&l);
-        /* Only this thread changes l.apis: no lock needed to read them. */
-        for (size_t i = 0; i < l.n_apis; i++)
-                api_quiesce(l.apis[i]);
+        /* The watchdog probes the server: it goes first. */
+        watchdog_stop(audience_set_watchdog(&l, NULL));
+        /* Only this thread changes l.api: no lock needed to read it. */
+        api_quiesce(l.api);
         sched_drain(sched, c->shutdown_grace);
         drained = true;
 out:
@@ -544,7 +523,9 @@ out:
         /* HTTP handlers read the pools and the scheduler: the servers go
          * first, while the writer still runs to answer suspended
          * submissions. */
-        stop_servers(&l);
+        /* Out of the lock: api_stop() waits for suspended requests, which
+         * the writer thread, calling on_job_finished(), may resume. */
+        api_stop(audience_set_api(&l, NULL));
         iopool_stop(iopool);
         procpool_stop(procpool);
         retention_stop(retention);
@@ -557,10 +538,24 @@ out:
         free(rec.batches);
         for (size_t i = 0; i < n_fds; i++)
                 close(fds[i]);
-        pthread_mutex_destroy(&l.lock);
+        pthread_rwlock_destroy(&l.lock);
         if (r == 0)
                 log_notice("stopped");
         return r;
+}
+
+/* glibc gives freed memory back to the kernel as soon as a little sits
+ * free at the top of a heap, and each thread's heap does so with madvise().
+ * Every request allocates on one thread and frees on another, so under
+ * load that meant a madvise() per few requests, each a TLB flush on every
+ * CPU: a third of the daemon's time in one profile. Keeping up to 32 MiB
+ * per heap ends it. Fixing the trim threshold freezes the mmap threshold
+ * too (glibc stops adapting it), so that is set, above any buffer a
+ * request or job allocates often. */
+static void tune_malloc(void)
+{
+        mallopt(M_TRIM_THRESHOLD, 32 << 20);
+        mallopt(M_MMAP_THRESHOLD, 4 << 20);
 }
 
 int main(int argc, char **argv)
@@ -580,6 +575,7 @@ int main(int argc, char **argv)
                 return 2;
         }
         log_set_level(c.log_level);
+        tune_malloc();
         /* libcurl's global set-up is not thread-safe: before any thread. */
         if (http_global_init() < 0) {
                 log_error("cannot initialise libcurl");

@@ -5,18 +5,22 @@
  * they stand still the thread sleeps until the next end, so an idle daemon
  * never wakes. queued and running are the scheduler's (sched_get_stats:
  * jobs loaded in memory, so a large batch counts by the page), done the
- * jobs that ended since start. A submission alone (no job ends) shows at
- * the next end or ping.
+ * jobs that ended since start. A submission, a cancel or a delete wakes
+ * the thread the same way (watchdog_poke, from the HTTP server), so a job
+ * that waits or runs long shows before anything ends.
  *
  * WATCHDOG=1 goes every half WATCHDOG_USEC, and only when, at that moment:
  * - the writer committed the probe pushed one period before: a WOP_PURGE
  *   with cutoff 0, a real BEGIN IMMEDIATE ... COMMIT on the writer's thread
  *   that deletes and writes nothing (a store that refuses writes still
  *   answers it, with -EIO: a full disk is not cured by a restart);
- * - each listening socket answered "GET /healthz" from this host within
- *   half a period. Any answer, even a close (a TLS listener, or the
- *   connection limit), proves the HTTP loop accepted and read it: the
- *   health itself (a 503) is /healthz's business, not a restart's;
+ * - each HTTP daemon's loop took a connection handed to it (api_probe:
+ *   a socketpair, not the listening address, so it works on any socket
+ *   and takes no slot of the accept backlog) and reacted to it within half
+ *   a period. Any reaction, an answer or a close (TLS), proves the loop
+ *   runs: the health itself is /healthz's business, not a restart's. With
+ *   a thread pool the probe reaches the thread MHD picks for it, and a
+ *   server at its connection limit is not probed;
  * - both pools say they are alive: iopool_alive (no I/O thread returned)
  *   and procpool_alive (no worker failed to respawn). A thread that
  *   crashes takes the process with it anyway. Not covered: a task stuck
@@ -26,17 +30,16 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
-#include <unistd.h>
 
+#include "api/server.h"
 #include "daemon/iopool.h"
 #include "daemon/log.h"
 #include "daemon/procpool.h"
@@ -52,13 +55,14 @@
 
 struct watchdog {
         struct watchdog_options o;
-        struct listen_address *http;    /* o.http copied; owned */
         uint64_t period;                /* between pings; 0: none */
         pthread_t thread;
         pthread_mutex_t lock;
         pthread_cond_t wake;            /* stopping, moved, or the probe committed */
         bool stopping;
-        bool moved;                     /* a job ended since the last count */
+        /* The counts may have moved since the last look: set under lock,
+         * read without it by watchdog_poke(). */
+        atomic_bool moved;
         uint64_t ended;                 /* jobs ended since start */
         bool probe_pending;             /* probe pushed, its done() not run yet */
         struct wop probe;
@@ -92,63 +96,12 @@ static void probe_push(struct watchdog *w)
         writer_push(w->o.writer, &w->probe);
 }
 
-/* 0 once fd is ready for events, -ETIMEDOUT at deadline. */
-static int wait_fd(int fd, short events, uint64_t deadline)
-{
-        for (;;) {
-                struct pollfd p = { .fd = fd, .events = events };
-                uint64_t now = now_usec();
-                int r;
-
-                if (now >= deadline)
-                        return -ETIMEDOUT;
-                r = poll(&p, 1, (int)((deadline - now + 999) / 1000));
-                if (r > 0)
-                        return 0;
-                if (r < 0 && errno != EINTR)
-                        return -errno;
-        }
-}
-
-/* 0 when the server at a answered a request, or closed on it, by deadline. */
-static int http_probe(const struct listen_address *a, uint64_t deadline)
-{
-        static const char request[] = "GET /healthz HTTP/1.0\r\n\r\n";
-        char answer[64];
-        socklen_t len = sizeof(int);
-        int fd, r, err = 0;
-
-        fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0)
-                return -errno;
-        if (connect(fd, (const struct sockaddr *)&a->sa, a->len) < 0 && errno != EINPROGRESS) {
-                r = -errno;
-                goto out;
-        }
-        r = wait_fd(fd, POLLOUT, deadline);
-        if (r < 0)
-                goto out;
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) {
-                r = err != 0 ? -err : -errno;
-                goto out;
-        }
-        if (send(fd, request, sizeof(request) - 1, MSG_NOSIGNAL) < 0) {
-                r = -errno;
-                goto out;
-        }
-        r = wait_fd(fd, POLLIN, deadline);
-        if (r == 0 && recv(fd, answer, sizeof(answer), 0) < 0 && errno != ECONNRESET)
-                r = -errno;
-out:
-        close(fd);
-        return r;
-}
-
 /* Fills why (empty: all alive) and starts the next writer probe. */
 static void check_alive(struct watchdog *w, char *why, size_t len)
 {
-        uint64_t deadline = now_usec() + w->period / 2;
+        char err[128];
         bool writer_ok;
+        int r;
 
         why[0] = '\0';
         pthread_mutex_lock(&w->lock);
@@ -161,15 +114,11 @@ static void check_alive(struct watchdog *w, char *why, size_t len)
                 snprintf(why, len, "a thread of the I/O pool is gone");
         else if (!procpool_alive(w->o.procpool))
                 snprintf(why, len, "the CPU pool cannot start its workers");
-        for (size_t i = 0; !why[0] && i < w->o.n_http; i++) {
-                char where[300], err[128];
-                int r = http_probe(&w->http[i], deadline);
-
-                if (r < 0) {
-                        listen_address_describe(&w->http[i], where, sizeof(where));
-                        snprintf(why, len, "the HTTP server did not answer on %s: %s", where,
+        if (!why[0]) {
+                r = api_probe(w->o.api, (double)w->period / 2 / USEC_PER_SEC);
+                if (r < 0)
+                        snprintf(why, len, "the HTTP server did not answer a probe: %s",
                                  strerror_r(-r, err, sizeof(err)));
-                }
         }
         if (writer_ok)
                 probe_push(w);
@@ -279,16 +228,7 @@ int watchdog_start(const struct watchdog_options *o, struct watchdog **ret)
                 return -ENOMEM;
         w->o = *o;
         w->period = o->usec ? (o->usec + 1) / 2 : 0;
-        w->moved = true;
-        if (o->n_http) {
-                w->http = calloc(o->n_http, sizeof(*w->http));
-                if (!w->http) {
-                        free(w);
-                        return -ENOMEM;
-                }
-                memcpy(w->http, o->http, o->n_http * sizeof(*w->http));
-        }
-        w->o.http = w->http;
+        atomic_init(&w->moved, true);
         pthread_mutex_init(&w->lock, NULL);
         pthread_cond_init(&w->wake, NULL);
         if (w->period)
@@ -303,16 +243,33 @@ int watchdog_start(const struct watchdog_options *o, struct watchdog **ret)
         return 0;
 }
 
+/* Under lock. One wake-up per count: the thread arms its own timer. */
+static void wake_locked(struct watchdog *w)
+{
+        if (!w->moved) {
+                w->moved = true;
+                pthread_cond_signal(&w->wake);
+        }
+}
+
 void watchdog_job_finished(struct watchdog *w, int64_t id)
 {
         pthread_mutex_lock(&w->lock);
         if (id > 0)
                 w->ended++;
-        /* One wake-up per count: the thread arms its own timer. */
-        if (!w->moved) {
-                w->moved = true;
-                pthread_cond_signal(&w->wake);
-        }
+        wake_locked(w);
+        pthread_mutex_unlock(&w->lock);
+}
+
+void watchdog_poke(struct watchdog *w)
+{
+        /* Under a stream of submissions most calls find it set and take no
+         * lock. One that finds it set just before the thread clears it is
+         * still seen: the thread reads the counts after clearing it. */
+        if (w->moved)
+                return;
+        pthread_mutex_lock(&w->lock);
+        wake_locked(w);
         pthread_mutex_unlock(&w->lock);
 }
 
@@ -337,6 +294,5 @@ void watchdog_stop(struct watchdog *w)
         pthread_mutex_unlock(&w->lock);
         pthread_cond_destroy(&w->wake);
         pthread_mutex_destroy(&w->lock);
-        free(w->http);
         free(w);
 }

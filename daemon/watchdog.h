@@ -5,11 +5,9 @@
 #ifndef FUTURED_WATCHDOG_H
 #define FUTURED_WATCHDOG_H
 
-#include <stddef.h>
 #include <stdint.h>
 
-#include "daemon/listen.h"
-
+struct api;
 struct sched;
 struct writer;
 struct iopool;
@@ -22,9 +20,7 @@ struct watchdog_options {
         struct writer *writer;
         struct iopool *iopool;
         struct procpool *procpool;
-        /* Where the HTTP probe reaches each listening socket; copied. */
-        const struct listen_address *http;
-        size_t n_http;
+        struct api *api;                /* probed with api_probe() */
 };
 
 int watchdog_start(const struct watchdog_options *o, struct watchdog **ret);
@@ -32,8 +28,11 @@ int watchdog_start(const struct watchdog_options *o, struct watchdog **ret);
  * a batch cancel, not counted); STATUS= follows within a second or two.
  * Takes a lock for a moment, never blocks. */
 void watchdog_job_finished(struct watchdog *w, int64_t id);
+/* The counts may have changed (a submission went through): STATUS=
+ * follows as after a job's end. Any thread; mostly lock-free. */
+void watchdog_poke(struct watchdog *w);
 /* Stops, joins, and waits for the writer probe in flight: call while the
- * writer runs. Accepts NULL. */
+ * writer runs, and before the api stops. Accepts NULL. */
 void watchdog_stop(struct watchdog *w);
 
 #endif

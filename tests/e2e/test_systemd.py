@@ -5,24 +5,30 @@ READY=1, STATUS=, WATCHDOG=1 and STOPPING=1; a listening socket made here
 is passed as fd 3 with LISTEN_FDS/LISTEN_PID (through a wrapper that sets
 LISTEN_PID to its own pid and execs futured, so the pid is the daemon's); a Unix socket serves jobs;
 SIGTERM under load exits 0 within the grace period and loses nothing
-acknowledged; SIGHUP reloads log_level and survives a bad file."""
+acknowledged; SIGHUP reloads log_level and survives a bad file. Several
+inherited sockets share one server (one /metrics); the watchdog's probes
+work over TLS and never show in the request counts."""
 
 import fcntl
 import http.client
 import json
 import os
 import signal
+import shutil
 import socket
 import sqlite3
+import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
 
 import harness
 from harness import HOST, Daemon, poll_until
+from test_ops import make_cert, parse_metrics, sample
 
 
 class NotifySocket:
@@ -156,6 +162,22 @@ def unix_request(path, method, url, body=None):
                 conn.close()
 
 
+def unix_metrics(path):
+        conn = UnixHTTPConnection(path)
+        try:
+                conn.request("GET", "/metrics")
+                r = conn.getresponse()
+                if r.status != 200:
+                        raise AssertionError("GET /metrics on %s: %d" % (path, r.status))
+                return parse_metrics(r.read().decode("utf-8"))
+        finally:
+                conn.close()
+
+
+def healthz_count(families):
+        return sample(families, "futured_http_requests_total", route="/healthz", code="200")
+
+
 def healthy_on(path):
         try:
                 return unix_request(path, "GET", "/healthz")[0] == 200
@@ -222,11 +244,13 @@ class TestSystemd(unittest.TestCase):
                 self.assertEqual(len(stopping), 1, d.notify.messages)
 
         def test_several_inherited_sockets(self):
-                """A TCP and a Unix socket: both serve, and a job's end wakes a
-                long-poll on the other socket's server."""
+                """A TCP and a Unix socket: both serve, a job's end wakes a
+                long-poll on the other socket, and /metrics on either counts
+                the requests of both, but none of the watchdog's probes."""
                 unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 self.socks = [listening_socket(), unix]
-                self.d = d = SystemdDaemon(listen_socks=self.socks, io_threads=2, cpu_workers=1)
+                self.d = d = SystemdDaemon(listen_socks=self.socks, watchdog_usec=500000,
+                                           io_threads=2, cpu_workers=1)
                 path = os.path.join(d.dir, "activated.sock")
                 unix.bind(path)
                 unix.listen(16)
@@ -235,6 +259,22 @@ class TestSystemd(unittest.TestCase):
                 status, job = unix_request(path, "GET", "/v1/jobs/%s?wait=10" % jid)
                 self.assertEqual((status, job["state"]), (200, "succeeded"), job)
                 self.assertEqual(d.log_text().count("<5>listening on"), 2, d.log_tail())
+
+                # Pings every 0.25 s, each probing both sockets' daemons.
+                t0 = time.monotonic()
+                for _ in range(3):
+                        self.assertEqual(d.request("GET", "/healthz").status, 200)
+                for _ in range(2):
+                        self.assertEqual(unix_request(path, "GET", "/healthz")[0], 200)
+                poll_until(lambda: len(d.notify.lines("WATCHDOG=1", since=t0)) >= 4, 3,
+                           "pings with both sockets probed")
+                tcp_view = parse_metrics(d.request("GET", "/metrics").body.decode("utf-8"))
+                unix_view = unix_metrics(path)
+                self.assertEqual(healthz_count(tcp_view), 5, "probes or a socket's requests miscounted")
+                self.assertEqual(healthz_count(unix_view), 5)
+                self.assertEqual(sample(unix_view, "futured_http_requests_total", route="/metrics",
+                                        code="200"), 1, "the TCP scrape not seen on the Unix socket")
+                self.assertNotIn("no ping", d.log_text())
                 # The Unix socket is systemd's: left in place, mode untouched.
                 d.stop()
                 self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
@@ -249,6 +289,45 @@ class TestSystemd(unittest.TestCase):
                 self.assertEqual(d.wait_exit(5), 1)
                 self.assertIn("not a listening TCP or Unix stream socket", d.log_text())
                 d.failed = False
+
+        def test_watchdog_over_tls(self):
+                """The probe needs no handshake: a TLS server is pinged for
+                too, and its clients are served."""
+                pair = make_cert(tempfile.mkdtemp(prefix="futured-cert-"))
+                if pair is None:
+                        self.skipTest("openssl is not installed")
+                self.socks = [listening_socket()]
+                self.d = d = SystemdDaemon(listen_socks=self.socks, watchdog_usec=500000, io_threads=1,
+                                           cpu_workers=1, args=["--tls-cert", pair[0], "--tls-key", pair[1]])
+                d.start()
+                t0 = time.monotonic()
+                time.sleep(1.6)
+                pings = d.notify.lines("WATCHDOG=1", since=t0)
+                self.assertGreaterEqual(len(pings), 4, "pings over TLS: %r\n%s" % (pings, d.log_tail()))
+                ctx = ssl.create_default_context(cafile=pair[0])
+                conn = http.client.HTTPSConnection(HOST, d.port, context=ctx, timeout=10)
+                try:
+                        conn.request("GET", "/healthz")
+                        self.assertEqual(conn.getresponse().status, 200)
+                finally:
+                        conn.close()
+                self.assertNotIn("no ping", d.log_text())
+                shutil.rmtree(os.path.dirname(pair[0]), ignore_errors=True)
+
+        def test_status_follows_submissions(self):
+                """STATUS= shows a long job before anything ends, with no
+                watchdog pings to wake it."""
+                self.d = d = SystemdDaemon(io_threads=1, cpu_workers=1)
+                d.start()
+                d.notify.wait_for("STATUS=serving: 0 queued, 0 running, 0 done", 3)
+                t0 = time.monotonic()
+                jid = d.submit(sleep_job(5))["id"]
+                d.notify.wait_for("STATUS=serving: 0 queued, 1 running, 0 done", 2.5, since=t0,
+                                  what="STATUS= for a running job before it ends")
+                d.submit(sleep_job(5))
+                d.notify.wait_for("STATUS=serving: 1 queued, 1 running, 0 done", 2.5, since=t0,
+                                  what="STATUS= for a queued job")
+                self.assertEqual(d.job(jid)["state"], "running")
 
         def test_stuck_writer_stops_pings(self):
                 self.d = d = SystemdDaemon(watchdog_usec=2000000, io_threads=1, cpu_workers=1)

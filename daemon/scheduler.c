@@ -806,8 +806,11 @@ static void op_settle(struct sched *s, struct sched_job *sj, const struct wop *o
 {
         sj->op_busy = false;
         s->ops--;
-        /* a tombstone's job may have ended otherwise (a batch cancel) */
-        if (op->result < 0 && !(sj->tomb && op->result == -ENOENT))
+        /* A tombstone's job, or one being cancelled, may have ended
+         * otherwise: by a batch cancel, which ends its stored pending jobs
+         * (a retry on its way back to the queue among them). */
+        if (op->result < 0 &&
+            !(op->result == -ENOENT && (sj->tomb || sj->stop == SJ_STOP_CANCEL)))
                 log_errno(LOG_ERR, op->result, "job %lld: storing its %s failed",
                           (long long)sj->job->id,
                           op->type == WOP_START ? "start" : op->type == WOP_REQUEUE ? "requeue" : "end");

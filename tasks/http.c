@@ -1,9 +1,22 @@
 /* http: one HTTP(S) request with libcurl, on the I/O thread that runs it.
  *
- * The transfer runs in a multi handle of its own, waiting in
+ * The transfer runs in the thread's multi handle, waiting in
  * curl_multi_poll() bounded by the job's deadline, so task_ctx_stop() (which
  * calls curl_multi_wakeup()) and the deadline end it at once: a progress
  * callback would only be called about once a second while nothing flows.
+ *
+ * Connections outlive jobs: each thread keeps one multi handle (connection
+ * and DNS caches, at most HTTP_THREAD_CONNS idle connections, so one socket
+ * each to a few hosts) and one easy handle (TLS session cache), made on its
+ * first http job and freed by a thread-specific key's destructor when the
+ * thread ends; no other thread ever touches them. A job borrows both and
+ * resets the easy handle when it ends, so none of its options, headers or
+ * pointers into its memory reach the next job. libcurl closes a connection a
+ * transfer left half done (response cap, timeout, stop, transport error) and
+ * does not reuse one the server closed. A stop whose wakeup comes after the
+ * last poll makes the next job's first poll return at once, which is
+ * harmless. Should the multi handle itself fail, the thread's handles are
+ * dropped and the next job makes new ones.
  *
  * Memory is bounded by max_response: header and body bytes together are
  * counted in the callbacks, which abort the transfer past it; the
@@ -15,6 +28,7 @@
 #include "tasks/http.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +44,7 @@
 #define HTTP_TIMEOUT_MAX 86400.0
 #define HTTP_AUTH_FILE_MAX 8192
 #define HTTP_POLL_MAX_MS 60000
+#define HTTP_THREAD_CONNS 4L
 
 /* One URL cut into the pieces an allowlist prefix is compared on; each
  * string is curl's (curl_free()). */
@@ -55,10 +70,21 @@ struct settings {
 
 static struct settings settings = { .max_response = HTTP_MAX_RESPONSE_DEFAULT };
 
+/* One I/O thread's handles, kept from one job to the next. */
+struct http_thread {
+        CURLM *multi;
+        CURL *easy;             /* never in multi between jobs */
+};
+
+/* Created by http_global_init(); each value is owned by its thread. */
+static pthread_key_t thread_key;
+
 /* A request in flight and what has come back of it. */
 struct transfer {
-        CURL *easy;
-        CURLM *multi;
+        CURL *easy;                     /* the thread's, borrowed */
+        CURLM *multi;                   /* the thread's, borrowed */
+        bool added;                     /* easy is in multi */
+        bool broken;                    /* multi failed: drop the thread's handles */
         CURLU *url;
         struct curl_slist *request_headers;
         char *json_body;                /* the serialized `json` arg, or NULL */
@@ -385,6 +411,53 @@ static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose,
         return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
 }
 
+static void http_thread_free(void *p)
+{
+        struct http_thread *h = p;
+
+        if (!h)
+                return;
+        curl_multi_cleanup(h->multi);
+        curl_easy_cleanup(h->easy);
+        free(h);
+}
+
+/* The calling thread's handles, made on its first call. */
+static int http_thread_get(struct http_thread **ret)
+{
+        struct http_thread *h = pthread_getspecific(thread_key);
+        int r;
+
+        if (h) {
+                *ret = h;
+                return 0;
+        }
+        h = calloc(1, sizeof(*h));
+        if (!h)
+                return -ENOMEM;
+        h->multi = curl_multi_init();
+        h->easy = curl_easy_init();
+        if (!h->multi || !h->easy ||
+            curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, HTTP_THREAD_CONNS) != CURLM_OK) {
+                http_thread_free(h);
+                return -ENOMEM;
+        }
+        r = -pthread_setspecific(thread_key, h);
+        if (r < 0) {
+                http_thread_free(h);
+                return r;
+        }
+        *ret = h;
+        return 0;
+}
+
+/* Frees the calling thread's handles and cached connections. */
+static void http_thread_drop(void)
+{
+        http_thread_free(pthread_getspecific(thread_key));
+        pthread_setspecific(thread_key, NULL);
+}
+
 static void transfer_wake(void *arg)
 {
         curl_multi_wakeup(arg);
@@ -392,10 +465,13 @@ static void transfer_wake(void *arg)
 
 static void transfer_done(struct transfer *t)
 {
-        if (t->multi && t->easy)
-                curl_multi_remove_handle(t->multi, t->easy);
-        curl_multi_cleanup(t->multi);
-        curl_easy_cleanup(t->easy);
+        if (t->added && curl_multi_remove_handle(t->multi, t->easy) != CURLM_OK)
+                t->broken = true;
+        /* before the memory its options point into goes */
+        if (t->easy)
+                curl_easy_reset(t->easy);
+        if (t->broken)
+                http_thread_drop();
         curl_url_cleanup(t->url);
         curl_slist_free_all(t->request_headers);
         free(t->json_body);
@@ -484,15 +560,19 @@ static int transfer_set_method(struct transfer *t, const json_t *args)
 static int transfer_setup(struct transfer *t, const json_t *args)
 {
         const json_t *timeout = json_object_get(args, "timeout");
+        struct http_thread *h;
         struct url_parts u;
         int r;
 
         t->cap = settings.max_response;
         t->headers = json_object();
-        t->easy = curl_easy_init();
-        t->multi = curl_multi_init();
-        if (!t->headers || !t->easy || !t->multi)
+        if (!t->headers)
                 return -ENOMEM;
+        r = http_thread_get(&h);
+        if (r < 0)
+                return r;
+        t->easy = h->easy;
+        t->multi = h->multi;
         r = url_parts_get(json_string_value(json_object_get(args, "url")), &u, &t->url);
         if (r < 0)
                 return r;
@@ -548,8 +628,11 @@ static int transfer_perform(struct transfer *t, struct task_ctx *ctx, CURLcode *
         int running = 1, left, r = 0;
         CURLMsg *m;
 
-        if (curl_multi_add_handle(t->multi, t->easy) != CURLM_OK)
+        if (curl_multi_add_handle(t->multi, t->easy) != CURLM_OK) {
+                t->broken = true;
                 return -EIO;
+        }
+        t->added = true;
         task_ctx_set_waker(ctx, transfer_wake, t->multi);
         while (running) {
                 /* a stop before the poll still ends it: the wakeup is kept */
@@ -560,10 +643,12 @@ static int transfer_perform(struct transfer *t, struct task_ctx *ctx, CURLcode *
                 if (curl_multi_perform(t->multi, &running) != CURLM_OK ||
                     (running && curl_multi_poll(t->multi, NULL, 0, poll_timeout_ms(deadline),
                                                 NULL) != CURLM_OK)) {
+                        t->broken = true;
                         r = -EIO;
                         break;
                 }
         }
+        /* from here on no stop reaches this multi handle */
         task_ctx_set_waker(ctx, NULL, NULL);
         if (r < 0)
                 return r;
@@ -829,11 +914,20 @@ fail:
 
 int http_global_init(void)
 {
-        return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -EIO;
+        int r;
+
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+                return -EIO;
+        r = -pthread_key_create(&thread_key, http_thread_free);
+        if (r < 0)
+                curl_global_cleanup();
+        return r;
 }
 
 void http_global_cleanup(void)
 {
+        http_thread_drop();
+        pthread_key_delete(thread_key);
         settings_free(&settings);
         curl_global_cleanup();
 }

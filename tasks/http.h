@@ -1,7 +1,9 @@
 /* Process-wide setup of the http task: libcurl's global state and the
  * operator's limits ([http] in the config). main() calls http_global_init()
  * before starting any thread, then http_configure() once; the settings are
- * read-only while jobs run. */
+ * read-only while jobs run. Each thread that runs http jobs keeps its own
+ * libcurl handles and up to 4 idle connections between jobs; they are freed
+ * when the thread ends, with nothing to call. */
 #ifndef FUTURED_TASK_HTTP_H
 #define FUTURED_TASK_HTTP_H
 
@@ -25,9 +27,11 @@ struct http_options {
         size_t n_auth;
 };
 
-/* curl_global_init(): 0 or -EIO. */
+/* curl_global_init() and the per-thread handles' key: 0, -EIO or
+ * -EAGAIN. */
 int http_global_init(void);
-/* Releases the configuration and libcurl's global state. */
+/* Releases the configuration, the calling thread's handles and libcurl's
+ * global state; every other thread that ran http jobs must have ended. */
 void http_global_cleanup(void);
 
 /* Copies o (NULL: the defaults) and reads the auth files. 0; -EINVAL with a

@@ -1,11 +1,16 @@
 /* tasks/http.c against a stand-in server on loopback: results, the error
  * types and retryability of failing answers, the response cap, transport
- * errors, and that a stop or the deadline ends a transfer at once.
+ * errors, that a stop or the deadline ends a transfer at once, and that a
+ * thread reuses its connections from job to job and no more than that.
  *
- * The server is one thread answering one connection at a time by path; it
- * closes every connection after its answer except /hang, which it keeps
- * open unanswered until the end and announces through a condvar, so the
- * stop test knows the request is in flight without sleeping. */
+ * The server is one thread answering one request at a time by path and
+ * counting the connections it accepts. It closes every connection after its
+ * answer, except under /ka/ (the same routes, kept alive: it polls those
+ * connections for the next request; /ka/drop answers and closes anyway) and
+ * /hang, which it keeps open unanswered until the end and announces through
+ * a condvar, so the stop tests know the request is in flight without
+ * sleeping. cmocka's asserts only work on the test's own thread: the other
+ * threads record what happened and the test checks it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -32,6 +37,15 @@
 #define CAP (64 * 1024)
 #define BIG (1024 * 1024)
 #define MAX_HELD 8
+#define MAX_LIVE 8
+#define SEQ_MAX 8
+
+/* What answer() did with the connection. */
+enum conn_fate {
+        CONN_CLOSE,
+        CONN_KEEP,              /* kept alive for another request */
+        CONN_HELD,              /* /hang: left unanswered */
+};
 
 static struct {
         int listen_fd;
@@ -42,6 +56,12 @@ static struct {
         pthread_cond_t cond;
         int held[MAX_HELD];     /* /hang connections, closed at the end */
         unsigned n_held;
+        unsigned accepted;      /* connections, under lock */
+        int live[MAX_LIVE];     /* kept alive; server thread only */
+        unsigned n_live;
+        /* the request being answered; server thread only */
+        bool keep_alive;
+        bool head;
         const struct task *task;
         char dir[64];
 } srv = {
@@ -71,11 +91,13 @@ static void respond(int fd, int status, const char *extra_headers, const char *t
         int n;
 
         n = snprintf(head, sizeof(head),
-                     "HTTP/1.1 %d X\r\nConnection: close\r\nContent-Type: %s\r\n"
+                     "HTTP/1.1 %d X\r\nConnection: %s\r\nContent-Type: %s\r\n"
                      "Content-Length: %zu\r\n%s\r\n",
-                     status, type, len, extra_headers);
+                     status, srv.keep_alive ? "keep-alive" : "close", type, len,
+                     extra_headers);
         send_all(fd, head, (size_t)n);
-        send_all(fd, body, len);
+        if (!srv.head)
+                send_all(fd, body, len);
 }
 
 static void respond_text(int fd, int status, const char *extra_headers, const char *type,
@@ -186,16 +208,19 @@ static void answer_429_date(int fd)
         respond_text(fd, 429, extra, "text/plain", "later");
 }
 
-/* Returns whether the connection is to stay open. */
-static bool answer(int fd)
+static enum conn_fate answer(int fd)
 {
         static char buf[256 * 1024];
-        char path[128] = "", *body;
+        char full[128] = "", *path = full, *body;
         size_t len;
 
         if (request_read(fd, buf, sizeof(buf), &body, &len) < 0)
-                return false;
-        sscanf(buf, "%*s %127s", path);
+                return CONN_CLOSE;
+        sscanf(buf, "%*s %127s", full);
+        srv.head = strncmp(buf, "HEAD ", 5) == 0;
+        srv.keep_alive = strncmp(full, "/ka/", 4) == 0;
+        if (srv.keep_alive)
+                path += 3;
         if (strcmp(path, "/echo") == 0 || strncmp(path, "/api/", 5) == 0)
                 answer_echo(fd, buf, body, len);
         else if (strcmp(path, "/json") == 0)
@@ -220,34 +245,87 @@ static bool answer(int fd)
                 answer_big(fd, false);
         else if (strcmp(path, "/bigcl") == 0)
                 answer_big(fd, true);
-        else if (strcmp(path, "/hang") == 0) {
+        else if (strcmp(path, "/drop") == 0) {
+                /* announced as kept alive, closed all the same */
+                respond_text(fd, 200, "", "text/plain", "dropped");
+                return CONN_CLOSE;
+        } else if (strcmp(path, "/hang") == 0) {
                 pthread_mutex_lock(&srv.lock);
                 assert_true(srv.n_held < MAX_HELD);
                 srv.held[srv.n_held++] = fd;
                 pthread_cond_broadcast(&srv.cond);
                 pthread_mutex_unlock(&srv.lock);
-                return true;
+                return CONN_HELD;
+        } else
+                /* /close and anything else: no answer at all */
+                return CONN_CLOSE;
+        return srv.keep_alive ? CONN_KEEP : CONN_CLOSE;
+}
+
+static void live_remove(int fd)
+{
+        for (unsigned i = 0; i < srv.n_live; i++)
+                if (srv.live[i] == fd) {
+                        srv.live[i] = srv.live[--srv.n_live];
+                        return;
+                }
+}
+
+/* Answers one request on fd, then keeps it in the live set, leaves it held
+ * or closes it. */
+static void serve(int fd, bool was_live)
+{
+        enum conn_fate fate = answer(fd);
+
+        if (fate == CONN_KEEP && (was_live || srv.n_live < MAX_LIVE)) {
+                if (!was_live)
+                        srv.live[srv.n_live++] = fd;
+                return;
         }
-        /* /close and anything else: no answer at all */
-        return false;
+        if (was_live)
+                live_remove(fd);
+        if (fate != CONN_HELD)
+                close(fd);
 }
 
 static void *server_main(void *arg)
 {
         for (;;) {
-                struct pollfd p[2] = {
+                struct pollfd p[2 + MAX_LIVE] = {
                         { .fd = srv.listen_fd, .events = POLLIN },
                         { .fd = srv.stop_pipe[0], .events = POLLIN },
                 };
+                unsigned n = srv.n_live;
                 int fd;
 
-                if (poll(p, 2, -1) < 0 || p[1].revents)
+                for (unsigned i = 0; i < n; i++)
+                        p[2 + i] = (struct pollfd) { .fd = srv.live[i], .events = POLLIN };
+                if (poll(p, 2 + n, -1) < 0 || p[1].revents)
                         break;
+                for (unsigned i = 0; i < n; i++)
+                        if (p[2 + i].revents)
+                                serve(p[2 + i].fd, true);
+                if (!p[0].revents)
+                        continue;
                 fd = accept4(srv.listen_fd, NULL, NULL, SOCK_CLOEXEC);
-                if (fd >= 0 && !answer(fd))
-                        close(fd);
+                if (fd < 0)
+                        continue;
+                pthread_mutex_lock(&srv.lock);
+                srv.accepted++;
+                pthread_mutex_unlock(&srv.lock);
+                serve(fd, false);
         }
         return NULL;
+}
+
+static unsigned accepted_count(void)
+{
+        unsigned n;
+
+        pthread_mutex_lock(&srv.lock);
+        n = srv.accepted;
+        pthread_mutex_unlock(&srv.lock);
+        return n;
 }
 
 static unsigned held_count(void)
@@ -576,6 +654,179 @@ static void test_stop_aborts(void **state)
         json_decref(rn.args);
 }
 
+/* Jobs run one after another on a thread of its own, which ends with them
+ * (and frees its handles). */
+struct seq {
+        char urls[SEQ_MAX][128];
+        size_t n;
+        size_t n_ok;            /* answered with a 2xx status */
+        pthread_t thread;
+};
+
+static void *seq_main(void *arg)
+{
+        struct seq *sq = arg;
+
+        for (size_t i = 0; i < sq->n; i++) {
+                struct task_error err = { .type = "task_error" };
+                json_t *args = json_pack("{s:s}", "url", sq->urls[i]), *result = NULL;
+                struct task_ctx *ctx = NULL;
+
+                if (args && task_ctx_new(task_monotonic() + 10, &ctx) == 0 &&
+                    srv.task->run(ctx, args, &result, &err) == 0 &&
+                    json_integer_value(json_object_get(result, "status")) / 100 == 2)
+                        sq->n_ok++;
+                json_decref(err.detail);
+                json_decref(result);
+                json_decref(args);
+                task_ctx_free(ctx);
+        }
+        return NULL;
+}
+
+/* Starts running paths (NULL-terminated) in order on a new thread. */
+static void seq_start(struct seq *sq, const char *const *paths)
+{
+        *sq = (struct seq) { .n = 0 };
+        for (; *paths; paths++) {
+                assert_true(sq->n < SEQ_MAX);
+                snprintf(sq->urls[sq->n++], sizeof(sq->urls[0]), "http://127.0.0.1:%u%s",
+                         srv.port, *paths);
+        }
+        assert_int_equal(pthread_create(&sq->thread, NULL, seq_main, sq), 0);
+}
+
+/* Waits for the thread; every job must have succeeded. */
+static void seq_join(struct seq *sq)
+{
+        assert_int_equal(pthread_join(sq->thread, NULL), 0);
+        assert_int_equal(sq->n_ok, sq->n);
+}
+
+static void test_keepalive_one_connection(void **state)
+{
+        const char *const paths[] = { "/ka/echo", "/ka/json", "/ka/echo", "/ka/text",
+                                      "/ka/echo", NULL };
+        unsigned before = accepted_count();
+        struct seq sq;
+
+        seq_start(&sq, paths);
+        seq_join(&sq);
+        assert_int_equal(accepted_count() - before, 1);
+}
+
+/* The next job after the server closed the connection opens another. */
+static void test_server_closed_connection(void **state)
+{
+        const char *const paths[] = { "/ka/drop", "/ka/echo", "/ka/echo", NULL };
+        unsigned before = accepted_count();
+        struct seq sq;
+
+        seq_start(&sq, paths);
+        seq_join(&sq);
+        assert_int_equal(accepted_count() - before, 2);
+}
+
+/* Each thread has its own handles and its own connection. */
+static void test_two_threads(void **state)
+{
+        const char *const paths[] = { "/ka/echo", "/ka/json", "/ka/echo", "/ka/echo",
+                                      "/ka/echo", "/ka/json", NULL };
+        unsigned before = accepted_count();
+        struct seq a, b;
+
+        seq_start(&a, paths);
+        seq_start(&b, paths);
+        seq_join(&a);
+        seq_join(&b);
+        assert_int_equal(accepted_count() - before, 2);
+}
+
+/* Nothing of a job's request reaches the next one on the same handle:
+ * method, body, headers, HEAD's lack of a body. */
+static void test_requests_independent(void **state)
+{
+        json_t *r, *echo;
+
+        r = run_ok(json_pack("{s:s, s:s, s:s, s:{s:s, s:s}}", "url", url("/ka/echo"),
+                             "method", "PUT", "body", "a=1", "headers", "X-Test", "yes",
+                             "Content-Type", "text/plain"));
+        assert_string_equal(json_string_value(json_object_get(json_object_get(r, "json"),
+                                                              "x_test")), "yes");
+        json_decref(r);
+
+        r = run_ok(json_pack("{s:s}", "url", url("/ka/echo")));
+        echo = json_object_get(r, "json");
+        assert_string_equal(json_string_value(json_object_get(echo, "method")), "GET");
+        assert_null(json_string_value(json_object_get(echo, "x_test")));
+        assert_null(json_string_value(json_object_get(echo, "content_type")));
+        assert_string_equal(json_string_value(json_object_get(echo, "body")), "");
+        json_decref(r);
+
+        r = run_ok(json_pack("{s:s, s:s}", "url", url("/ka/json"), "method", "HEAD"));
+        assert_null(json_object_get(r, "json"));
+        json_decref(r);
+        r = run_ok(json_pack("{s:s}", "url", url("/ka/json")));
+        assert_true(json_is_true(json_object_get(json_object_get(r, "json"), "ok")));
+        json_decref(r);
+}
+
+struct stopper {
+        struct task_ctx *ctx;
+        unsigned held;          /* stop once this many /hang are held */
+};
+
+static void *stopper_main(void *arg)
+{
+        struct stopper *st = arg;
+
+        held_wait(st->held);
+        task_ctx_stop(st->ctx);
+        return NULL;
+}
+
+static void assert_echo_ok(void)
+{
+        json_t *r = run_ok(json_pack("{s:s}", "url", url("/ka/echo")));
+
+        assert_int_equal(json_integer_value(json_object_get(r, "status")), 200);
+        json_decref(r);
+}
+
+/* However a job ends, the thread's next job works: after the response cap,
+ * the request's timeout, the deadline, a transport error and a stop. */
+static void test_reuse_after_failures(void **state)
+{
+        struct stopper st = { .held = held_count() + 1 };
+        struct task_error err = { .type = "task_error" };
+        json_t *args, *result = NULL;
+        pthread_t thread;
+
+        assert_echo_ok();
+        json_decref(run_fail(json_pack("{s:s}", "url", url("/big")), "response_too_large",
+                             false));
+        assert_echo_ok();
+        json_decref(run_fail(json_pack("{s:s, s:f}", "url", url("/hang"), "timeout", 0.2),
+                             "http_error", true));
+        assert_echo_ok();
+        assert_true(run(json_pack("{s:s}", "url", url("/hang")), 0.2, &result, &err) < 0);
+        json_decref(err.detail);
+        assert_echo_ok();
+        json_decref(run_fail(json_pack("{s:s}", "url", url("/close")), "http_error", true));
+        assert_echo_ok();
+
+        args = json_pack("{s:s}", "url", url("/hang"));
+        err = (struct task_error) { .type = "task_error" };
+        assert_int_equal(task_ctx_new(task_monotonic() + 30, &st.ctx), 0);
+        assert_int_equal(pthread_create(&thread, NULL, stopper_main, &st), 0);
+        assert_true(srv.task->run(st.ctx, args, &result, &err) < 0);
+        assert_int_equal(pthread_join(thread, NULL), 0);
+        assert_string_equal(err.type, "cancelled");
+        task_ctx_free(st.ctx);
+        json_decref(args);
+        assert_echo_ok();
+}
+
 static void test_validate_refusals(void **state)
 {
         char prefix[128];
@@ -615,11 +866,25 @@ static void test_validate_refusals(void **state)
         configure(NULL, NULL, 0);
 }
 
+/* Runs args, which must succeed, and checks the Authorization the server
+ * saw (NULL: none). */
+static void assert_authorization(json_t *args, const char *want)
+{
+        json_t *r = run_ok(args);
+        const char *got = json_string_value(json_object_get(json_object_get(r, "json"),
+                                                            "authorization"));
+
+        if (want)
+                assert_string_equal(got, want);
+        else
+                assert_null(got);
+        json_decref(r);
+}
+
 static void test_default_authorization(void **state)
 {
         char path[128];
         struct http_auth auth = { .host = "127.0.0.1", .file = path };
-        json_t *r;
         FILE *f;
 
         snprintf(path, sizeof(path), "%s/key", srv.dir);
@@ -629,19 +894,13 @@ static void test_default_authorization(void **state)
         fclose(f);
         configure(NULL, &auth, 1);
 
-        r = run_ok(json_pack("{s:s}", "url", url("/echo")));
-        assert_string_equal(json_string_value(json_object_get(json_object_get(r, "json"),
-                                                              "authorization")),
-                            "Bearer sk-secret");
-        json_decref(r);
-        r = run_ok(json_pack("{s:s, s:{s:s}}", "url", url("/echo"), "headers",
-                             "authorization", "Bearer mine"));
-        assert_string_equal(json_string_value(json_object_get(json_object_get(r, "json"),
-                                                              "authorization")),
-                            "Bearer mine");
-        json_decref(r);
-
+        /* on one kept-alive connection: each request has its own */
+        assert_authorization(json_pack("{s:s}", "url", url("/ka/echo")), "Bearer sk-secret");
+        assert_authorization(json_pack("{s:s, s:{s:s}}", "url", url("/ka/echo"), "headers",
+                                       "authorization", "Bearer mine"), "Bearer mine");
+        assert_authorization(json_pack("{s:s}", "url", url("/ka/echo")), "Bearer sk-secret");
         configure(NULL, NULL, 0);
+        assert_authorization(json_pack("{s:s}", "url", url("/ka/echo")), NULL);
         unlink(path);
 }
 
@@ -679,6 +938,8 @@ static int teardown(void **state)
         pthread_join(srv.thread, NULL);
         for (unsigned i = 0; i < srv.n_held; i++)
                 close(srv.held[i]);
+        for (unsigned i = 0; i < srv.n_live; i++)
+                close(srv.live[i]);
         close(srv.listen_fd);
         close(srv.stop_pipe[0]);
         close(srv.stop_pipe[1]);
@@ -702,6 +963,11 @@ int main(void)
                 cmocka_unit_test(test_request_timeout),
                 cmocka_unit_test(test_deadline_aborts),
                 cmocka_unit_test(test_stop_aborts),
+                cmocka_unit_test(test_keepalive_one_connection),
+                cmocka_unit_test(test_server_closed_connection),
+                cmocka_unit_test(test_two_threads),
+                cmocka_unit_test(test_requests_independent),
+                cmocka_unit_test(test_reuse_after_failures),
                 cmocka_unit_test(test_validate_refusals),
                 cmocka_unit_test(test_default_authorization),
                 cmocka_unit_test(test_configure_refusals),

@@ -326,7 +326,7 @@ def bench_idle(seconds):
                 for kind in ("io", "cpu", "cpu", "cpu"):
                         d.wait(d.submit({"task": "noop", "kind": kind})["id"])
                 d.client.close()
-                time.sleep(1.0)         # let start-up work (worker exec, first checkpoint) settle
+                harness.wait_quiet(pids)        # start-up work: worker exec, first checkpoint
                 t0 = [harness.proc_cpu_ticks(p) for p in pids]
                 time.sleep(seconds)             # the measurement window
                 ticks = sum(harness.proc_cpu_ticks(p) - t for p, t in zip(pids, t0))

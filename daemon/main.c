@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -558,6 +559,21 @@ static void tune_malloc(void)
         mallopt(M_MMAP_THRESHOLD, 4 << 20);
 }
 
+/* Every connection, idle upstream connection of the http task and worker
+ * socket is a file descriptor, and the soft limit (often 1024) is far below
+ * max_connections. Nothing here uses select(), so the soft limit goes up to
+ * the hard one. */
+static void raise_nofile(void)
+{
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        log_warning("cannot raise the open file limit: %m");
+        }
+}
+
 int main(int argc, char **argv)
 {
         struct config c;
@@ -576,6 +592,7 @@ int main(int argc, char **argv)
         }
         log_set_level(c.log_level);
         tune_malloc();
+        raise_nofile();
         /* libcurl's global set-up is not thread-safe: before any thread. */
         if (http_global_init() < 0) {
                 log_error("cannot initialise libcurl");

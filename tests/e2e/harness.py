@@ -802,6 +802,21 @@ def proc_cpu_ticks(pid):
         return int(fields[11]) + int(fields[12])
 
 
+def wait_quiet(pids, timeout=10.0, window=0.2):
+        """Waits until pids used no CPU tick for a whole window: start-up
+        work (a worker exec'ing, under a sanitizer slowly) is over, so what
+        is measured next is the idle process alone."""
+        deadline = time.monotonic() + timeout
+        last = [proc_cpu_ticks(p) for p in pids]
+        while time.monotonic() < deadline:
+                time.sleep(window)
+                now = [proc_cpu_ticks(p) for p in pids]
+                if now == last:
+                        return
+                last = now
+        raise AssertionError("pids %r kept using CPU for %g s" % (pids, timeout))
+
+
 def cleanup_all():
         with _daemons_lock:
                 ds = list(_daemons)

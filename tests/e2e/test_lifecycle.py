@@ -150,6 +150,7 @@ class TestShutdown(unittest.TestCase):
                 d.wait(d.submit({"task": "sqrt_sum", "args": {"n": 1000}})["id"])
                 pids = [d.pid] + d.cpu_pids()
                 d.client.close()
+                harness.wait_quiet(pids)
                 t0 = [proc_cpu_ticks(p) for p in pids]
                 time.sleep(2.0)         # the measurement window itself
                 used = [proc_cpu_ticks(p) - t for p, t in zip(pids, t0)]

@@ -35,6 +35,7 @@
 #include "daemon/scheduler.h"
 #include "daemon/watchdog.h"
 #include "daemon/worker.h"
+#include "storage/checkpoint.h"
 #include "storage/store.h"
 #include "storage/writer.h"
 #include "tasks/exec.h"
@@ -372,6 +373,7 @@ static int run(int argc, char **argv, struct config *c)
         struct recovered rec = { 0 };
         struct store *store = NULL;
         struct writer *writer = NULL;
+        struct checkpointer *checkpointer = NULL;
         struct sched *sched = NULL;
         struct iopool *iopool = NULL;
         struct procpool *procpool = NULL;
@@ -411,6 +413,11 @@ static int run(int argc, char **argv, struct config *c)
                                  });
         if (r < 0) {
                 log_errno(LOG_ERR, r, "recovery of %s failed", c->db);
+                goto out;
+        }
+        r = checkpointer_start(store, &checkpointer);
+        if (r < 0) {
+                log_errno(LOG_ERR, r, "cannot start the store checkpointer");
                 goto out;
         }
         r = writer_start(store, &writer);
@@ -531,6 +538,7 @@ out:
         procpool_stop(procpool);
         retention_stop(retention);
         writer_stop(writer);
+        checkpointer_stop(checkpointer);
         sched_free(sched);
         store_close(store);
         for (size_t i = 0; i < rec.n; i++)

@@ -16,6 +16,8 @@
 #define STORE_BUSY_TIMEOUT_MS 5000
 
 sqlite3 *store_db(struct store *s);
+/* Another read-write connection to the store's file (*ret the caller's). */
+int store_open_connection(struct store *s, sqlite3 **ret);
 
 /* Runs SQL that takes no values and returns no rows. */
 int store_exec(sqlite3 *db, const char *sql);

@@ -179,6 +179,24 @@ static int set_wal(sqlite3 *db)
         return r;
 }
 
+int store_open_connection(struct store *s, sqlite3 **ret)
+{
+        sqlite3 *db = NULL;
+        int r;
+
+        r = db_open(s->path, SQLITE_OPEN_READWRITE, &db);
+        /* A connection learns the file is in WAL mode only once it reads
+         * it; until then a checkpoint on it does nothing. */
+        if (r == 0)
+                r = set_wal(db);
+        if (r < 0) {
+                sqlite3_close_v2(db);
+                return r;
+        }
+        *ret = db;
+        return 0;
+}
+
 int store_open(const struct store_options *o, struct store **ret)
 {
         struct store *s;

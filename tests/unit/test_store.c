@@ -17,9 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "storage/batch.h"
+#include "storage/checkpoint.h"
 #include "storage/job.h"
 #include "storage/store.h"
 #include "storage/writer.h"
@@ -1555,6 +1557,54 @@ static void test_batch_throughput(void **state)
         batch_free(b);
 }
 
+static off_t file_size(const char *path)
+{
+        struct stat st;
+
+        assert_int_equal(stat(path, &st), 0);
+        return st.st_size;
+}
+
+/* With the checkpointer, the WAL reaches the database file while the
+ * writer never pauses (so its own idle checkpoint never runs), and the
+ * WAL stops growing. */
+static void test_checkpointer(void **state)
+{
+        struct fixture *f = *state;
+        struct store_options o = { .path = f->path, .sync_full = false };
+        struct checkpointer *c;
+        struct job **jobs;
+        struct batch *b;
+        char wal[128];
+        off_t db0;
+
+        assert_int_equal(store_open(&o, &f->store), 0);
+        assert_int_equal(checkpointer_start(f->store, &c), 0);
+        assert_int_equal(writer_start(f->store, &f->writer), 0);
+        db0 = file_size(f->path);
+        b = batch_open(f, 0);
+        jobs = make_items(b, BENCH_CHUNK);
+        /* Some 20 MB of WAL at most, about five times the threshold. */
+        for (int64_t c0 = 0; c0 < 100 && file_size(f->path) < db0 + (1 << 20); c0++) {
+                for (size_t i = 0; i < BENCH_CHUNK; i++) {
+                        jobs[i]->index = c0 * BENCH_CHUNK + (int64_t) i;
+                        jobs[i]->id = 0;
+                }
+                assert_int_equal(batch_items(f, b, jobs, BENCH_CHUNK), 0);
+        }
+        assert_true(file_size(f->path) >= db0 + (1 << 20));
+        snprintf(wal, sizeof(wal), "%s-wal", f->path);
+        assert_true(file_size(wal) < (16 << 20));
+        assert_int_equal(batch_op(f, WOP_BATCH_ABORT, b, NULL), 0);
+        free_items(jobs, BENCH_CHUNK);
+        batch_free(b);
+        writer_stop(f->writer);
+        f->writer = NULL;
+        checkpointer_stop(c);
+        store_close(f->store);
+        f->store = NULL;
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -1578,6 +1628,7 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_recover_batches, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_commit_failure, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_throughput, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_checkpointer, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

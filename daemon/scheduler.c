@@ -1325,7 +1325,10 @@ static int cancel_job(struct sched *s, struct sched_job *sj)
                 end_cancelled(s, sj);
                 return 0;
         case SJ_REQUEUEING:
-                /* ends cancelled once the requeue is committed */
+                /* ends cancelled once the requeue is committed; only the
+                 * first cancel is the one that ended it */
+                if (sj->stop == SJ_STOP_CANCEL)
+                        return -EALREADY;
                 sj->stop = SJ_STOP_CANCEL;
                 return 0;
         case SJ_RUNNING:

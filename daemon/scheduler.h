@@ -82,9 +82,10 @@ int sched_submit(struct sched *s, struct sched_submission *sub);
 /* Cancels job id; batch is its batch as the store has it (0: none), so a
  * batch job not loaded yet is found too. 0: the job was pending, its
  * cancellation is being committed; -EINPROGRESS: it is running and has been
- * told to stop; -EALREADY: it is running and an earlier call already told it
- * to stop (this call changed nothing); -ENOENT: not held here (finished,
- * finishing, or unknown). Each of the first three ends in on_finished(id). */
+ * told to stop; -EALREADY: it is running (or on its way back from a failed
+ * attempt) and an earlier call already told it to stop (this call changed
+ * nothing); -ENOENT: not held here (finished, finishing, or unknown). Each
+ * of the first three ends in on_finished(id). */
 int sched_cancel(struct sched *s, int64_t id, int64_t batch);
 
 /* ---- batches ---- */

@@ -4,18 +4,32 @@
  * Both forms of a submission feed one upload, stored in steps
  * (storage/batch.h): OPEN once the first chunk is full or the items end,
  * ITEMS for each chunk of UPLOAD_CHUNK jobs, SEAL at the end; once anything
- * goes wrong after OPEN, ABORT, so a refused batch leaves nothing. One op
- * is in flight at a time and the connection is suspended while it is: an
- * NDJSON upload reads no more of its body until its chunk is committed, so
- * it holds one chunk of jobs and one line, whatever its size.
+ * goes wrong after OPEN, ABORT (after the op in flight is done), so a
+ * refused batch leaves nothing. One op is in flight at a time, and the
+ * upload holds two chunks: the one the op stores (held) and the one it
+ * fills meanwhile (fill). The request is suspended ("parked") only when it
+ * cannot go on until the op is done: fill is full, the items ended, or
+ * something failed. So an NDJSON upload holds two chunks of jobs and one
+ * line, whatever its size, and parsing overlaps the writer's inserts.
+ *
+ * The op's state (enum flight) is the handshake with done(), which runs on
+ * the writer thread while the MHD thread may still be taking items. The
+ * MHD thread parks (marks the op parked and suspends) only while the op is
+ * not done, and done() marks it done, under park_lock both: so the request
+ * is resumed once per park, never before its suspend (MHD then misses a
+ * client that goes away) and never when not parked; and past done()'s
+ * mark the upload is the MHD thread's again.
  *
  * Ownership: the upload is the request's (req->ctx) and holds the op in
- * flight. The request cannot be freed while that op is in flight: its
- * connection is suspended (MHD does not look at a suspended connection,
+ * flight and the held chunk, which the writer reads until done(). A parked
+ * request cannot be freed (MHD does not look at a suspended connection,
  * and api_stop() waits until none is), and done() touches nothing after
- * request_wake(). A request freed while its batch is open (the client went
- * away mid-upload, between ops) hands the upload to an ABORT op instead of
- * freeing it; that op's done() frees it.
+ * request_wake(). A request that ends while an op is in flight unparked
+ * (the client went away between lines) leaves the upload to that op's
+ * done(), which goes on as below. A request that ends while the batch is
+ * open hands the upload to an ABORT op instead of freeing it; that op's
+ * done() frees it. SEAL is never in flight unparked, so an upload left to
+ * done() never has a batch to schedule.
  *
  * An NDJSON upload with ?format=openai takes an OpenAI Batch API input file:
  * each line becomes an http job (spec_openai_line()), and every custom_id
@@ -24,6 +38,8 @@
  * jansson object, whose hash is seeded at random so no file can make it
  * degrade. */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +60,7 @@
 /* Jobs per ITEMS op: the memory an upload holds, and a commit per chunk.
  * Lines may be long, so a chunk also ends at UPLOAD_CHUNK_BYTES of args
  * and tags. */
-#define UPLOAD_CHUNK 4096
+#define UPLOAD_CHUNK WRITER_CHUNK
 #define UPLOAD_CHUNK_BYTES (8u << 20)
 
 /* The fields of a JSON batch; all but items, jobs and limits are the
@@ -61,14 +77,29 @@ enum upload_failure {
         UPLOAD_WRITE,           /* the store or memory failed: error */
 };
 
+/* Where the upload's op is. */
+enum flight {
+        FLIGHT_NONE,            /* none pushed, or its outcome taken in */
+        FLIGHT_SENT,            /* pushed; the request goes on taking items */
+        FLIGHT_PARKED,          /* pushed; the request is suspended until done() */
+        FLIGHT_DONE,            /* done() ran: op.result is there to take in */
+        FLIGHT_ORPHANED,        /* pushed; the request is gone: done() goes on */
+};
+
+struct chunk {
+        struct job *jobs[UPLOAD_CHUNK]; /* owned */
+        size_t n_jobs;
+        size_t bytes;                   /* of the jobs' args and tags */
+};
+
 struct upload {
         struct request *req;            /* NULL once the request is gone */
         struct api *api;
         struct batch *batch;            /* owned */
         struct spec_defaults defaults;
-        struct job *jobs[UPLOAD_CHUNK]; /* the chunk being filled, owned */
-        size_t n_jobs;
-        size_t chunk_bytes;             /* of the jobs' args and tags */
+        struct chunk chunks[2];
+        struct chunk *fill;             /* taking items */
+        struct chunk *held;             /* full, waiting for its ITEMS op or in it */
         int64_t items;                  /* so far: the index of the next */
         int64_t max_items;              /* 413 batch_too_large past this */
         /* ?format=openai: where the lines' paths go, and custom_id -> line. */
@@ -80,7 +111,8 @@ struct upload {
         json_t *wrapper;                /* {"args": item}, reused; owned */
         size_t next;
         struct wop op;
-        bool in_flight;                 /* op pushed; done() resumes the request */
+        atomic_int flight;              /* enum flight */
+        pthread_mutex_t park_lock;      /* orders a park against done() */
         bool open;                      /* OPEN committed, not yet sealed or aborted */
         /* The first failure, answered once the batch is gone. */
         enum upload_failure failure;
@@ -90,56 +122,86 @@ struct upload {
         int64_t err_line;               /* 0: not NDJSON */
 };
 
-static void drop_jobs(struct upload *u)
+static void chunk_drop(struct chunk *c)
 {
-        while (u->n_jobs > 0)
-                job_free(u->jobs[--u->n_jobs]);
-        u->chunk_bytes = 0;
+        while (c->n_jobs > 0)
+                job_free(c->jobs[--c->n_jobs]);
+        c->bytes = 0;
 }
 
-static bool chunk_full(const struct upload *u)
+static bool chunk_full(const struct chunk *c)
 {
-        return u->n_jobs == UPLOAD_CHUNK || u->chunk_bytes >= UPLOAD_CHUNK_BYTES;
+        return c->n_jobs == UPLOAD_CHUNK || c->bytes >= UPLOAD_CHUNK_BYTES;
 }
 
 static void upload_destroy(struct upload *u)
 {
-        drop_jobs(u);
+        chunk_drop(&u->chunks[0]);
+        chunk_drop(&u->chunks[1]);
         batch_free(u->batch);
         json_decref(u->wrapper);
         free(u->base_url);
         json_decref(u->custom_ids);
+        pthread_mutex_destroy(&u->park_lock);
         free(u);
 }
+
+static void upload_abandon(struct upload *u);
 
 /* The writer thread. */
 static void upload_done(struct wop *op)
 {
         struct upload *u = op->userdata;
+        int was;
 
-        if (!u->req) {
-                /* The abort of an upload whose request is gone. */
-                upload_destroy(u);
-                return;
+        pthread_mutex_lock(&u->park_lock);
+        was = atomic_exchange(&u->flight, FLIGHT_DONE);
+        pthread_mutex_unlock(&u->park_lock);
+        switch (was) {
+        case FLIGHT_PARKED:
+                request_wake(u->req);
+                break;
+        case FLIGHT_ORPHANED:
+                upload_abandon(u);
+                break;
+        default:
+                /* The MHD thread takes the outcome in when it next looks,
+                 * and may already be pushing the next op. */
+                break;
         }
-        request_wake(u->req);
 }
 
+/* With no op in flight. */
 static void upload_push(struct upload *u, enum wop_type type)
 {
         u->op = (struct wop) {
                 .type = type,
                 .batch = u->batch,
-                .jobs = u->jobs,
-                .n_jobs = type == WOP_BATCH_ITEMS ? u->n_jobs : 0,
+                .jobs = u->held->jobs,
+                .n_jobs = type == WOP_BATCH_ITEMS ? u->held->n_jobs : 0,
                 .done = upload_done,
                 .userdata = u,
         };
-        u->in_flight = true;
-        /* Suspended first, so done() always finds it suspended. */
-        if (u->req)
-                request_suspend(u->req);
+        atomic_store(&u->flight, u->req ? FLIGHT_SENT : FLIGHT_ORPHANED);
         writer_push(u->api->d.writer, &u->op);
+}
+
+/* Suspends the request until the op in flight is done; false when it is
+ * done already. Under the lock, so done() finds the connection suspended
+ * whenever it finds the op parked: a resume never comes before its
+ * suspend, nor one for a connection not suspended. */
+static bool upload_park(struct upload *u)
+{
+        bool parked;
+
+        pthread_mutex_lock(&u->park_lock);
+        parked = atomic_load(&u->flight) == FLIGHT_SENT;
+        if (parked) {
+                atomic_store(&u->flight, FLIGHT_PARKED);
+                request_suspend(u->req);
+        }
+        pthread_mutex_unlock(&u->park_lock);
+        return parked;
 }
 
 static void fail_write(struct upload *u, int r)
@@ -167,18 +229,19 @@ static void fail_item(struct upload *u, int r, const struct spec_error *err, int
 /* Takes in what the op in flight did, once it is done. */
 static void upload_settle(struct upload *u)
 {
-        int r = u->op.result, k;
+        int r, k;
 
-        if (!u->in_flight)
+        if (atomic_load(&u->flight) != FLIGHT_DONE)
                 return;
-        u->in_flight = false;
+        atomic_store(&u->flight, FLIGHT_NONE);
+        r = u->op.result;
         switch (u->op.type) {
         case WOP_BATCH_OPEN:
                 u->open = r == 0;
                 break;
         case WOP_BATCH_ITEMS:
                 if (r == 0)
-                        drop_jobs(u);
+                        chunk_drop(u->held);
                 break;
         case WOP_BATCH_SEAL:
                 if (r != 0)
@@ -201,29 +264,41 @@ static void upload_settle(struct upload *u)
                 fail_write(u, r);
 }
 
-/* req->ctx_free: the request ends. */
-static void upload_release(void *ctx)
+/* The request is gone and no op is in flight: on the MHD thread from
+ * ctx_free, or on the writer thread from the done() of the op that was in
+ * flight when the request went. What the batch stored goes with it. */
+static void upload_abandon(struct upload *u)
 {
-        struct upload *u = ctx;
-
-        if (!u)
-                return;
-        /* An op that ended after the last run of the handler. */
         upload_settle(u);
         if (!u->open) {
                 upload_destroy(u);
                 return;
         }
-        u->req = NULL;
-        drop_jobs(u);
+        chunk_drop(&u->chunks[0]);
+        chunk_drop(&u->chunks[1]);
         upload_push(u, WOP_BATCH_ABORT);
 }
 
-/* Pushes the op due next: true when one was pushed (the request is
- * suspended); false when none is: the upload takes more items, or, when
- * ending, it is over (sealed, or failed with nothing left stored). */
+/* req->ctx_free: the request ends; never while parked. */
+static void upload_release(void *ctx)
+{
+        struct upload *u = ctx;
+        int sent = FLIGHT_SENT;
+
+        if (!u)
+                return;
+        u->req = NULL;
+        if (atomic_compare_exchange_strong(&u->flight, &sent, FLIGHT_ORPHANED))
+                return;
+        upload_abandon(u);
+}
+
+/* With no op in flight: pushes the op due next, if any; true when it
+ * did. */
 static bool upload_push_next(struct upload *u, bool ending)
 {
+        struct chunk *c;
+
         /* A stopping server waits for suspended requests only so long:
          * an upload does not start another op then. */
         if (!u->failure && atomic_load(&u->api->stopping))
@@ -234,30 +309,54 @@ static bool upload_push_next(struct upload *u, bool ending)
                 upload_push(u, WOP_BATCH_ABORT);
                 return true;
         }
-        if (u->batch->sealed || (!chunk_full(u) && !ending))
+        if (u->batch->sealed)
                 return false;
-        if (!u->open)
+        /* A full chunk, or the last, moves to held for its ITEMS op, and
+         * fill takes the next items meanwhile (the first chunk's wait for
+         * OPEN included). */
+        if (u->held->n_jobs == 0 && (chunk_full(u->fill) || ending)) {
+                c = u->held;
+                u->held = u->fill;
+                u->fill = c;
+        }
+        if (!u->open) {
+                if (u->held->n_jobs == 0 && !ending)
+                        return false;
                 upload_push(u, WOP_BATCH_OPEN);
-        else if (u->n_jobs > 0) {
-                for (size_t i = 0; i < u->n_jobs; i++)
-                        u->jobs[i]->batch = u->batch->id;
+        } else if (u->held->n_jobs > 0) {
+                for (size_t i = 0; i < u->held->n_jobs; i++)
+                        u->held->jobs[i]->batch = u->batch->id;
                 upload_push(u, WOP_BATCH_ITEMS);
-        } else {
+        } else if (ending) {
                 u->batch->size = u->items;
                 upload_push(u, WOP_BATCH_SEAL);
-        }
+        } else
+                return false;
         return true;
 }
 
+/* Moves the upload on as far as it goes without waiting: takes in the op
+ * that is done and pushes the one due next. True when it can only wait for
+ * the op in flight (fill is full, the items ended, or something failed):
+ * the request is parked. False when it takes more items, or, when ending,
+ * when it is over (sealed, or failed with nothing left stored). */
 static bool upload_step(struct upload *u, bool ending)
 {
-        upload_settle(u);
-        return upload_push_next(u, ending);
+        for (;;) {
+                upload_settle(u);
+                if (atomic_load(&u->flight) == FLIGHT_NONE && !upload_push_next(u, ending))
+                        return false;
+                if (!ending && !u->failure && !chunk_full(u->fill))
+                        return false;
+                if (upload_park(u))
+                        return true;
+        }
 }
 
 /* One more item from its spec; line is its NDJSON line, 0 for none. */
 static void upload_add(struct upload *u, const json_t *spec, int64_t line)
 {
+        struct chunk *c = u->fill;
         struct spec_error err;
         struct job *j;
         int r;
@@ -272,8 +371,8 @@ static void upload_add(struct upload *u, const json_t *spec, int64_t line)
                 return;
         }
         j->index = u->items++;
-        u->jobs[u->n_jobs++] = j;
-        u->chunk_bytes += strlen(j->args) + (j->tag ? strlen(j->tag) : 0);
+        c->jobs[c->n_jobs++] = j;
+        c->bytes += strlen(j->args) + (j->tag ? strlen(j->tag) : 0);
 }
 
 /* The batch's "limits" (absent or null: none) as stored text in *ret (the
@@ -307,6 +406,7 @@ static int upload_new(struct request *req, const struct spec_defaults *d, char *
                 free(base_url);
                 return -ENOMEM;
         }
+        pthread_mutex_init(&u->park_lock, NULL);
         u->batch = batch_new();
         u->base_url = base_url;
         u->custom_ids = base_url ? json_object() : NULL;
@@ -320,6 +420,8 @@ static int upload_new(struct request *req, const struct spec_defaults *d, char *
         u->max_items = req->api->o.max_batch_items;
         if (base_url && u->max_items > SPEC_OPENAI_MAX_LINES)
                 u->max_items = SPEC_OPENAI_MAX_LINES;
+        u->fill = &u->chunks[0];
+        u->held = &u->chunks[1];
         u->defaults = *d;
         u->batch->priority = d->priority;
         u->batch->limits = limits;
@@ -521,7 +623,7 @@ static enum MHD_Result submit_json(struct request *req)
                         return MHD_YES;
                 if (u->failure || u->batch->sealed)
                         return upload_answer(req, u);
-                while (!chunk_full(u) && u->next < total && !u->failure) {
+                while (!chunk_full(u->fill) && u->next < total && !u->failure) {
                         const json_t *v = json_array_get(u->array, u->next++);
 
                         if (u->items_form)
@@ -729,13 +831,14 @@ static enum MHD_Result submit_ndjson(struct request *req)
                         return MHD_YES;
                 return upload_answer(req, u);
         }
-        /* A line. Until the op that ended is settled it stays untaken. */
+        /* A line; while the upload is parked it stays untaken. */
         if (upload_step(u, false))
                 return MHD_YES;
         req->line_taken = true;
         if (!u->failure && !blank(req->body, req->body_len))
                 ndjson_add_line(u, req);
-        upload_push_next(u, false);
+        /* Pushes the chunk this line filled, or parks. */
+        upload_step(u, false);
         return MHD_YES;
 }
 

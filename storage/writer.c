@@ -65,9 +65,18 @@ static const double commit_seconds_bounds[] = {
 /* An insert of one or more rows; the values of row r are parameters
  * r * INSERT_VALUES + 1 and on, in the order of bind_job(). DO NOTHING only
  * on a uniqueness conflict, and key is the only unique column an insert
- * can collide on. */
+ * can collide on.
+ *
+ * Rows that a CHECK or NOT NULL refuses would make a statement of many rows
+ * undo the rows before them (ABORT), for which SQLite copies every page
+ * the statement changes to a statement journal first: a dozen pages per
+ * statement, more than its rows take, written to a temporary file. OR FAIL
+ * leaves them, so no journal is kept: BATCH_ITEMS, the only user of many
+ * rows, rolls back to its savepoint on any failure anyway. */
+#define INSERT_ONE "INSERT "
+#define INSERT_MANY "INSERT OR FAIL "
 #define INSERT_HEAD \
-        "INSERT INTO jobs (task, kind, state, args, tag, key, timeout, priority, attempts, " \
+        "INTO jobs (task, kind, state, args, tag, key, timeout, priority, attempts, " \
         "max_attempts, batch, batch_index, created_at, ready_at) VALUES "
 #define INSERT_ROW "%s(?%d, ?%d, 'pending', ?%d, ?%d, ?%d, ?%d, ?%d, 0, ?%d, ?%d, ?%d, ?%d, ?%d)"
 #define INSERT_ROW_MAX 128
@@ -953,15 +962,17 @@ static void writer_free(struct writer *w)
 
 static int prepare_insert(sqlite3 *db, int rows, sqlite3_stmt **ret)
 {
-        size_t size = sizeof(INSERT_HEAD) + sizeof(INSERT_TAIL) + (size_t) rows * INSERT_ROW_MAX;
-        size_t len = sizeof(INSERT_HEAD) - 1;
+        const char *verb = rows > 1 ? INSERT_MANY : INSERT_ONE;
+        size_t size = sizeof(INSERT_MANY) + sizeof(INSERT_HEAD) + sizeof(INSERT_TAIL) +
+                      (size_t) rows * INSERT_ROW_MAX;
+        size_t len;
         char *sql;
         int rc;
 
         sql = malloc(size);
         if (!sql)
                 return -ENOMEM;
-        memcpy(sql, INSERT_HEAD, len);
+        len = (size_t) snprintf(sql, size, "%s%s", verb, INSERT_HEAD);
         for (int r = 0, b = 0; r < rows; r++, b += INSERT_VALUES)
                 len += (size_t) snprintf(sql + len, size - len, INSERT_ROW, r > 0 ? ", " : "",
                                          b + 1, b + 2, b + 3, b + 4, b + 5, b + 6,

@@ -3,6 +3,8 @@ batch object, all or nothing on a bad item, the size cap, cancel of running
 I/O and CPU batches, delete, listing by batch, retention, and bad
 requests on every batch endpoint."""
 
+import socket
+import sqlite3
 import time
 import unittest
 
@@ -11,6 +13,9 @@ from harness import Daemon, DaemonTestCase, parse_time, poll_until, proc_alive
 
 BATCH_FIELDS = ("id", "size", "counts", "done", "priority", "created_at", "finished_at")
 MAX_ITEMS = 5000
+# Jobs per ITEMS op of an upload (api/batches.c's UPLOAD_CHUNK): a batch of
+# more is stored a chunk at a time while the next is parsed.
+CHUNK = 10000
 
 
 def ndjson(lines):
@@ -50,6 +55,26 @@ class BatchChecks:
                 if line is not None:
                         self.assertEqual(err.get("line"), line, "error does not name line %d: %r" % (line, err))
                         self.assertRegex(err["message"], r"\b%d\b" % line, "message does not name the line")
+
+        def around(self, fn):
+                """Runs fn (a refused submission) between two good batches;
+                asserts it stored nothing: job counts, the job list, and no
+                batch id between the two (ids are numbers in practice)."""
+                d = self.daemon
+                counts = d.job_counts()
+                ids = [j["id"] for j in d.list_all(limit=1000)]
+                a = d.submit_batch({"task": "noop", "items": []})["id"]
+                fn()
+                z = d.submit_batch({"task": "noop", "items": []})["id"]
+                self.assertEqual(d.job_counts(), counts, "a refused batch changed the job counts")
+                self.assertEqual([j["id"] for j in d.list_all(limit=1000)], ids, "a refused batch left jobs")
+                if a.isdigit() and z.isdigit():
+                        for x in range(int(a) + 1, int(z)):
+                                self.assertError(d.request("GET", "/v1/batches/%d" % x), 404, "not_found",
+                                                 "the refused batch %d" % x)
+                                r = d.request("GET", "/v1/jobs?batch=%d" % x)
+                                self.assertEqual(r.status, 200, r)
+                                self.assertEqual(r.json["jobs"], [], "jobs of the refused batch %d" % x)
 
 
 class TestBatches(BatchChecks, DaemonTestCase):
@@ -140,26 +165,6 @@ class TestBatches(BatchChecks, DaemonTestCase):
                                 events = d.stream(bid, sse=True).read_all_events(timeout=5)
                                 self.assertEqual([e["event"] for e in events], ["done"])
                                 self.assertLess(time.monotonic() - t0, 1.0)
-
-        def around(self, fn):
-                """Runs fn (a refused submission) between two good batches;
-                asserts it stored nothing: job counts, the job list, and no
-                batch id between the two (ids are numbers in practice)."""
-                d = self.daemon
-                counts = d.job_counts()
-                ids = [j["id"] for j in d.list_all(limit=1000)]
-                a = d.submit_batch({"task": "noop", "items": []})["id"]
-                fn()
-                z = d.submit_batch({"task": "noop", "items": []})["id"]
-                self.assertEqual(d.job_counts(), counts, "a refused batch changed the job counts")
-                self.assertEqual([j["id"] for j in d.list_all(limit=1000)], ids, "a refused batch left jobs")
-                if a.isdigit() and z.isdigit():
-                        for x in range(int(a) + 1, int(z)):
-                                self.assertError(d.request("GET", "/v1/batches/%d" % x), 404, "not_found",
-                                                 "the refused batch %d" % x)
-                                r = d.request("GET", "/v1/jobs?batch=%d" % x)
-                                self.assertEqual(r.status, 200, r)
-                                self.assertEqual(r.json["jobs"], [], "jobs of the refused batch %d" % x)
 
         def test_all_or_nothing_items(self):
                 d = self.daemon
@@ -356,6 +361,92 @@ class TestBatches(BatchChecks, DaemonTestCase):
                                         self.assertTrue(r.header("allow"), "405 without Allow: %s" % what)
                 self.assertEqual(d.job_counts(), counts, "bad requests changed the job counts")
                 self.assertEqual(d.request("GET", "/healthz").status, 200)
+
+
+def unsealed(db_path):
+        """The store's unsealed batches and their jobs: an upload under way,
+        or what a refused one left behind."""
+        db = sqlite3.connect(db_path, isolation_level=None, timeout=5)
+        try:
+                return db.execute("SELECT (SELECT count(*) FROM batches WHERE sealed = 0), "
+                                  "(SELECT count(*) FROM jobs WHERE batch IN "
+                                  " (SELECT id FROM batches WHERE sealed = 0))").fetchone()
+        finally:
+                db.close()
+
+
+def noop_lines(n, per_piece=2000):
+        """n noop items as NDJSON, per_piece lines to a chunk of the body."""
+        for i in range(0, n, per_piece):
+                yield b"".join(b'{"args":{"i":%d}}\n' % k for k in range(i, min(n, i + per_piece)))
+
+
+class TestManyChunks(BatchChecks, DaemonTestCase):
+        """Batches of several chunks, where a chunk is parsed while the one
+        before it is being stored: a failure in one chunk while another is
+        in flight, and a client gone between them, leave nothing."""
+        # A client that closes while its connection is suspended may be
+        # noticed only at the connection timeout (MHD drops the socket's
+        # events meanwhile): a short one bounds the test.
+        DAEMON_ARGS = {"io_threads": 2, "cpu_workers": 1,
+                       "args": ("--max-batch-items", str(4 * CHUNK), "--connection-timeout", "2")}
+
+        def setUp(self):
+                self.assertIdle()
+
+        def tearDown(self):
+                self.assertEqual(unsealed(self.daemon.db), (0, 0), "an unsealed batch stayed")
+                self.assertHealthy()
+
+        def test_ndjson_and_items(self):
+                d = self.daemon
+                n = 3 * CHUNK + 123
+                r = d.submit_ndjson(noop_lines(n), "task=noop")
+                self.assertEqual(r.status, 202, r)
+                self.assertBatch(r.json, size=n)
+                b = d.wait_batch(r.json["id"], timeout=60)
+                self.assertEqual(b["counts"]["succeeded"], n)
+                jobs = d.batch_jobs(b["id"])
+                self.assertEqual([j["index"] for j in jobs], list(range(n)))
+                self.assertEqual([j["result"]["i"] for j in jobs], list(range(n)))
+                n = 2 * CHUNK + 1
+                b = d.submit_batch({"task": "noop", "items": [{"i": i} for i in range(n)]})
+                self.assertBatch(b, size=n)
+                self.assertEqual(d.wait_batch(b["id"], timeout=60)["counts"]["succeeded"], n)
+
+        def test_bad_item_while_a_chunk_is_stored(self):
+                d = self.daemon
+                bad = b'{"task":"slep"}\n'
+                # The first item of the second chunk (the first waits for
+                # OPEN), and one deep in the third (the second is in flight).
+                for index in (CHUNK, 2 * CHUNK + 777):
+                        with self.subTest(index=index):
+                                body = list(noop_lines(index)) + [bad] + list(noop_lines(500))
+                                self.around(lambda: self.assertItemError(
+                                        d.submit_ndjson(body, "task=noop"), "unknown_task", index, index + 1))
+                items = [{}] * (CHUNK + 5) + [5] + [{}] * 10
+                self.around(lambda: self.assertItemError(
+                        d.request("POST", "/v1/batches", {"task": "noop", "items": items}), None, CHUNK + 5))
+
+        def test_client_gone_while_a_chunk_is_stored(self):
+                d = self.daemon
+                counts = d.job_counts()
+                sock = socket.create_connection((harness.HOST, d.port), timeout=30)
+                try:
+                        sock.sendall(b"POST /v1/batches?task=noop HTTP/1.1\r\nHost: futured\r\n"
+                                     b"Content-Type: application/x-ndjson\r\n"
+                                     b"Transfer-Encoding: chunked\r\n\r\n")
+                        for piece in noop_lines(2 * CHUNK + 5000):
+                                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        # The first chunk is stored; the second follows it
+                        # while the third is being filled.
+                        poll_until(lambda: unsealed(d.db)[1] >= CHUNK, 30, "the first chunk stored")
+                finally:
+                        sock.close()
+                poll_until(lambda: unsealed(d.db) == (0, 0), 30, "the abandoned upload's batch gone")
+                self.assertEqual(d.job_counts(), counts)
+                b = d.submit_batch({"task": "noop", "items": [{}] * 3})
+                self.assertEqual(d.wait_batch(b["id"])["counts"]["succeeded"], 3)
 
 
 class TestRetention(BatchChecks, unittest.TestCase):

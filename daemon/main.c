@@ -366,6 +366,21 @@ static int start_server(const struct config *c, const struct api_deps *deps, con
         return 0;
 }
 
+/* Every connection, idle upstream connection of the http task and worker
+ * socket is a file descriptor, and the soft limit (often 1024) is far below
+ * max_connections. Nothing here uses select(), so the soft limit goes up to
+ * the hard one; exec commands get the old one back (tasks/exec.c). */
+static void raise_nofile(void)
+{
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        log_warning("cannot raise the open file limit: %m");
+        }
+}
+
 static int run(int argc, char **argv, struct config *c)
 {
         struct store_options so = { .path = c->db, .sync_full = c->sync_full };
@@ -391,6 +406,8 @@ static int run(int argc, char **argv, struct config *c)
         r = configure_exec(c);
         if (r < 0)
                 return r;
+        /* After configure_exec(), which keeps the limit commands run with. */
+        raise_nofile();
         /* Read (and unset, so no worker inherits it) before any thread. */
         r = sd_watchdog_enabled(1, &watchdog_usec);
         if (r < 0)
@@ -567,21 +584,6 @@ static void tune_malloc(void)
         mallopt(M_MMAP_THRESHOLD, 4 << 20);
 }
 
-/* Every connection, idle upstream connection of the http task and worker
- * socket is a file descriptor, and the soft limit (often 1024) is far below
- * max_connections. Nothing here uses select(), so the soft limit goes up to
- * the hard one. */
-static void raise_nofile(void)
-{
-        struct rlimit rl;
-
-        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-                rl.rlim_cur = rl.rlim_max;
-                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-                        log_warning("cannot raise the open file limit: %m");
-        }
-}
-
 int main(int argc, char **argv)
 {
         struct config c;
@@ -600,7 +602,6 @@ int main(int argc, char **argv)
         }
         log_set_level(c.log_level);
         tune_malloc();
-        raise_nofile();
         /* libcurl's global set-up is not thread-safe: before any thread. */
         if (http_global_init() < 0) {
                 log_error("cannot initialise libcurl");

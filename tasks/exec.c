@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -76,6 +77,7 @@ struct settings {
         char **env;             /* NULL-terminated */
         char *work_dir;         /* absolute */
         size_t max_output;
+        rlim_t nofile;          /* commands' soft open-file limit */
 };
 
 static struct settings settings = { .max_output = EXEC_MAX_OUTPUT_DEFAULT };
@@ -432,6 +434,12 @@ int exec_configure(const struct exec_options *o, char *err, size_t errlen)
         }
         if (o->max_output)
                 s.max_output = o->max_output;
+        s.nofile = o->nofile;
+        if (!s.nofile) {
+                struct rlimit rl;
+
+                s.nofile = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : RLIM_INFINITY;
+        }
         settings_free(&settings);
         settings = s;
         return 0;
@@ -450,12 +458,13 @@ json_t *exec_settings_dump(void)
         }
         if (!commands)
                 return NULL;
-        return json_pack("{s:o, s:s, s:s, s:s, s:I}", "commands", commands,
+        return json_pack("{s:o, s:s, s:s, s:s, s:I, s:I}", "commands", commands,
                          "json_output", settings.json_output ? settings.json_output : "",
                          "work_dir", settings.work_dir ? settings.work_dir : "",
                          "environment", settings.environment ? settings.environment
                                                              : EXEC_ENVIRONMENT_DEFAULT,
-                         "max_output", (json_int_t)settings.max_output);
+                         "max_output", (json_int_t)settings.max_output,
+                         "nofile", (json_int_t)settings.nofile);
 }
 
 int exec_worker_init(const json_t *dump, int fd, char *err, size_t errlen)
@@ -463,14 +472,15 @@ int exec_worker_init(const json_t *dump, int fd, char *err, size_t errlen)
         struct exec_options o = { 0 };
         struct exec_command *commands;
         json_t *list, *pair;
-        json_int_t max_output;
+        json_int_t max_output, nofile;
         size_t i;
         int r;
 
-        if (json_unpack((json_t *)dump, "{s:o, s:s, s:s, s:s, s:I}", "commands", &list,
+        if (json_unpack((json_t *)dump, "{s:o, s:s, s:s, s:s, s:I, s:I}", "commands", &list,
                         "json_output", &o.json_output, "work_dir", &o.work_dir,
-                        "environment", &o.environment, "max_output", &max_output) < 0 ||
-            !json_is_array(list) || max_output <= 0) {
+                        "environment", &o.environment, "max_output", &max_output,
+                        "nofile", &nofile) < 0 ||
+            !json_is_array(list) || max_output <= 0 || nofile <= 0) {
                 snprintf(err, errlen, "malformed exec settings");
                 return -EINVAL;
         }
@@ -487,6 +497,7 @@ int exec_worker_init(const json_t *dump, int fd, char *err, size_t errlen)
         o.commands = commands;
         o.n_commands = json_array_size(list);
         o.max_output = (size_t)max_output;
+        o.nofile = (unsigned long)nofile;
         r = exec_configure(&o, err, errlen);
         free(commands);
         if (r == 0)
@@ -664,6 +675,7 @@ struct spawn {
         char **argv;
         char **envp;
         const char *dir;
+        rlim_t nofile;
         int in, out, err;       /* the child's ends */
         int report;
         pid_t parent;
@@ -681,6 +693,7 @@ static _Noreturn void child_exec(const struct spawn *s)
 {
         struct child_failure f = { STAGE_SETUP, 0 };
         struct sigaction dfl = { .sa_handler = SIG_DFL };
+        struct rlimit nofile;
         sigset_t none;
 
         /* A worker gone before prctl() would leave the command orphaned. */
@@ -699,6 +712,11 @@ static _Noreturn void child_exec(const struct spawn *s)
         /* Every fd is close-on-exec already; this covers an embedding
          * process that was less careful. Old kernels refuse it: harmless. */
         (void)close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+        if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && s->nofile < nofile.rlim_cur) {
+                nofile.rlim_cur = s->nofile;
+                if (setrlimit(RLIMIT_NOFILE, &nofile) < 0)
+                        goto fail;
+        }
         f.stage = STAGE_CHDIR;
         if (chdir(s->dir) < 0)
                 goto fail;
@@ -859,6 +877,7 @@ static int command_run(char **argv, const json_t *stdin_arg, double deadline, st
         pid = fork();
         if (pid == 0)
                 child_exec(&(struct spawn){ .argv = argv, .envp = settings.env,
+                                            .nofile = settings.nofile,
                                             .dir = settings.work_dir, .in = in[0], .out = out[1],
                                             .err = err[1], .report = report[1],
                                             .parent = self });

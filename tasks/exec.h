@@ -31,6 +31,9 @@ struct exec_options {
         const char *work_dir;           /* NULL or empty: the current directory */
         const char *environment;        /* K=V words, space-separated; NULL: the default */
         size_t max_output;              /* bytes of stdout and of stderr each; 0: the default */
+        /* Soft open-file limit commands run with; 0: the caller's now. The
+         * daemon raises its own, which commands must not inherit. */
+        unsigned long nofile;
 };
 
 /* Parses every template and checks the programs and the directory. 0, or

@@ -431,21 +431,6 @@ static int upload_new(struct request *req, const struct spec_defaults *d, char *
         return 0;
 }
 
-static enum MHD_Result write_error(struct request *req, int r, const char *what)
-{
-        switch (r) {
-        case -EIO:
-                return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
-                                   "the job store cannot take writes now");
-        case -ESHUTDOWN:
-                return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
-                                   "futured is shutting down");
-        default:
-                return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
-                                   "%s failed: %s", what, strerror(-r));
-        }
-}
-
 static enum MHD_Result item_error(struct request *req, const struct upload *u)
 {
         struct strbuf b = { 0 };
@@ -485,7 +470,7 @@ static enum MHD_Result upload_answer(struct request *req, struct upload *u)
         case UPLOAD_REFUSED:
                 return request_refuse(req);
         case UPLOAD_WRITE:
-                return write_error(req, u->error, "storing the batch");
+                return reply_write_error(req, u->error, "storing the batch");
         }
         /* Just sealed: every item is pending. */
         u->batch->counts[JOB_PENDING] = u->batch->size;
@@ -575,7 +560,7 @@ static enum MHD_Result json_start(struct request *req, struct upload **ret)
                 r = upload_new(req, &d, limits, NULL, &u);
         if (r < 0) {
                 json_decref(wrapper);
-                return write_error(req, r, "starting the batch");
+                return reply_write_error(req, r, "starting the batch");
         }
         u->wrapper = wrapper;
         u->array = items ? items : jobs;
@@ -754,7 +739,7 @@ static enum MHD_Result ndjson_start(struct request *req)
                 return reply_error(req, MHD_HTTP_BAD_REQUEST, err.code, "query: %s", err.message);
 fail:
         json_decref(q.obj);
-        return write_error(req, r, "starting the batch");
+        return reply_write_error(req, r, "starting the batch");
 }
 
 static bool blank(const char *s, size_t n)
@@ -904,7 +889,7 @@ enum MHD_Result batches_cancel(struct request *req)
 
         if (req->resumed) {
                 if (c->result < 0)
-                        return write_error(req, c->result, "cancelling the batch");
+                        return reply_write_error(req, c->result, "cancelling the batch");
                 return answer_batch(req);
         }
         r = read_batch(req, &bt);
@@ -921,7 +906,7 @@ enum MHD_Result batches_cancel(struct request *req)
          * until done(), so it outlives the scheduler's use of it. */
         c = calloc(1, sizeof(*c));
         if (!c)
-                return write_error(req, -ENOMEM, "cancelling the batch");
+                return reply_write_error(req, -ENOMEM, "cancelling the batch");
         c->batch = req->id;
         c->done = cancel_done;
         c->userdata = req;
@@ -950,7 +935,7 @@ enum MHD_Result batches_delete(struct request *req)
         if (!req->resumed) {
                 b = batch_new();
                 if (!b)
-                        return write_error(req, -ENOMEM, "deleting the batch");
+                        return reply_write_error(req, -ENOMEM, "deleting the batch");
                 b->id = req->id;
                 req->ctx = b;
                 req->ctx_free = batch_release;

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "tasks/task.h"
+
 #define HUB_MIN_BUCKETS 256
 #define HUB_MIN_HEAP 64
 
@@ -32,14 +34,6 @@ struct hub {
         bool stopping;
         bool quit;
 };
-
-static double now_monotonic(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
 
 static int64_t key_of(const struct hub_waiter *w, int i)
 {
@@ -194,7 +188,7 @@ static void *hub_thread(void *arg)
                         pthread_cond_wait(&h->wake, &h->lock);
                         continue;
                 }
-                now = now_monotonic();
+                now = task_monotonic();
                 next = h->heap[0]->deadline;
                 if (next > now) {
                         ts.tv_sec = (time_t) next;
@@ -305,7 +299,7 @@ int hub_add(struct hub *h, struct hub_waiter *w, double seconds)
                 h->heap = heap;
                 h->heap_cap *= 2;
         }
-        w->deadline = now_monotonic() + seconds;
+        w->deadline = task_monotonic() + seconds;
         for (int i = 0; i < HUB__INDEXES; i++) {
                 struct hub_index *x = &h->index[i];
 
@@ -377,13 +371,16 @@ bool hub_remove(struct hub *h, struct hub_waiter *w)
 
 double hub_left(const struct hub_waiter *w)
 {
-        return w->deadline - now_monotonic();
+        return w->deadline - task_monotonic();
 }
 
 void hub_stop(struct hub *h)
 {
         struct hub_waiter *list = NULL;
 
+        /* An api whose start failed before its hub existed stops too. */
+        if (!h)
+                return;
         pthread_mutex_lock(&h->lock);
         h->stopping = true;
         while (h->count > 0)

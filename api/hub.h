@@ -61,7 +61,7 @@ bool hub_remove(struct hub *h, struct hub_waiter *w);
 /* Seconds left until w's deadline (<= 0 once past): for w's owner, after
  * w fired, to wait on for the rest of the time. */
 double hub_left(const struct hub_waiter *w);
-/* Fires every waiter; later ones fire as they are added. */
+/* Fires every waiter; later ones fire as they are added. Accepts NULL. */
 void hub_stop(struct hub *h);
 
 #endif

@@ -130,15 +130,8 @@ static enum MHD_Result submit_answer(struct request *req)
                 return reply_error_with(req, MHD_HTTP_TOO_MANY_REQUESTS,
                                         MHD_HTTP_HEADER_RETRY_AFTER, "1", "queue_full",
                                         "the job queue is full; retry later");
-        case -ESHUTDOWN:
-                return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
-                                   "futured is shutting down");
-        case -EIO:
-                return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
-                                   "the job store cannot take writes now");
         default:
-                return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
-                                   "submission failed: %s", strerror(-req->sub.result));
+                return reply_write_error(req, req->sub.result, "submission");
         }
 }
 

@@ -250,6 +250,21 @@ enum MHD_Result reply_store_error(struct request *req, int r)
                            "reading the job store failed: %s", strerror(-r));
 }
 
+enum MHD_Result reply_write_error(struct request *req, int r, const char *what)
+{
+        switch (r) {
+        case -EIO:
+                return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
+                                   "the job store cannot take writes now");
+        case -ESHUTDOWN:
+                return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
+                                   "futured is shutting down");
+        default:
+                return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
+                                   "%s failed: %s", what, strerror(-r));
+        }
+}
+
 enum MHD_Result reply_deleted(struct request *req, int result, const char *what)
 {
         switch (result) {
@@ -262,12 +277,7 @@ enum MHD_Result reply_deleted(struct request *req, int result, const char *what)
                 return reply_error(req, MHD_HTTP_CONFLICT, "not_finished",
                                    "%s %lld has not finished; cancel it first", what,
                                    (long long) req->id);
-        case -EIO:
-                return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
-                                   "the job store cannot take writes now");
         default:
-                return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
-                                   "deleting %s %lld failed: %s", what, (long long) req->id,
-                                   strerror(-result));
+                return reply_write_error(req, result, "the delete");
         }
 }

@@ -47,6 +47,9 @@ enum MHD_Result reply_error(struct request *req, unsigned status, const char *co
 enum MHD_Result reply_error_with(struct request *req, unsigned status, const char *header,
                                  const char *value, const char *code, const char *fmt, ...)
         __attribute__((format(printf, 6, 7)));
+/* The answer to a write that failed with r: 503 store_unavailable (-EIO),
+ * 503 shutting_down (-ESHUTDOWN), else 500 "<what> failed: ...". */
+enum MHD_Result reply_write_error(struct request *req, int r, const char *what);
 /* The answer to a committed delete of the path's `what` ("job", "batch")
  * that ended with result: 204, 404, 409 not_finished, 503 or 500. */
 enum MHD_Result reply_deleted(struct request *req, int result, const char *what);

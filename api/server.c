@@ -41,6 +41,7 @@
 #include "api/routes.h"
 #include "daemon/log.h"
 #include "storage/store.h"
+#include "tasks/task.h"
 
 /* Seconds api_stop() waits for suspended requests to be answered. */
 #define API_STOP_WAIT 10
@@ -437,21 +438,13 @@ void api_suspended_sub(struct api *a)
         pthread_mutex_unlock(&a->lock);
 }
 
-static double now_seconds(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
-
 /* 0 once fd has something to say (an answer, an end of file, an error),
  * -ETIMEDOUT at deadline. */
 static int wait_readable(int fd, double deadline)
 {
         for (;;) {
                 struct pollfd p = { .fd = fd, .events = POLLIN };
-                double left = deadline - now_seconds();
+                double left = deadline - task_monotonic();
                 int r;
 
                 if (left <= 0)
@@ -508,7 +501,7 @@ out:
 
 int api_probe(struct api *a, double timeout)
 {
-        double deadline = now_seconds() + timeout;
+        double deadline = task_monotonic() + timeout;
         int r = 0;
 
         pthread_mutex_lock(&a->probe_lock);

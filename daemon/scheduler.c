@@ -1238,12 +1238,8 @@ void sched_free(struct sched *s)
                         json_decref(sj->outcome.error);
                         sched_job_free(s, sj);
                 }
-        while (s->batches) {
-                struct sched_batch *b = s->batches;
-
-                s->batches = b->next;
-                free(b);
-        }
+        while (s->batches)
+                batch_forget(s, s->batches);
         for (int k = 0; k < JOB_KIND__COUNT; k++) {
                 free(s->ready[k].v);
                 free(s->delayed[k].v);

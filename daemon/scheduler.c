@@ -124,6 +124,7 @@ struct sched_job {
         bool has_outcome;
         struct sched_outcome outcome;   /* parked while START is in flight */
         struct sched_batch *batch;      /* NULL outside batches */
+        struct sched_job *batch_prev, *batch_next;      /* batch->jobs */
         bool tomb;                      /* cancelled before it was loaded */
         struct sched_job *tomb_next;    /* batch->tombs */
         struct sched_limiter *lim[LIM__COUNT];  /* attached, or NULL */
@@ -141,6 +142,7 @@ struct sched_batch {
         bool loading;                   /* a page of it is being read */
         bool closed;                    /* nothing more to read */
         struct sched_job *tombs;
+        struct sched_job *jobs;         /* every one of its jobs in the map */
         struct sched_batch *prev, *next;        /* sched->batches */
         struct sched_batch *want_next;
         struct sched_limiter *limiter;  /* owned; NULL: no limits */
@@ -662,12 +664,34 @@ static int host_key(const struct sched *s, const struct job *j, char **ret)
         return limiter_host_key(j, ret);
 }
 
+/* sj, a job of b, joins the map. */
+static void batch_hold(struct sched *s, struct sched_batch *b, struct sched_job *sj)
+{
+        sj->batch = b;
+        sj->batch_prev = NULL;
+        sj->batch_next = b->jobs;
+        if (b->jobs)
+                b->jobs->batch_prev = sj;
+        b->jobs = sj;
+        b->held++;
+        map_add(s, sj);
+}
+
 /* Out of the map and freed. The caller settles its batch. */
 static void forget_job(struct sched *s, struct sched_job *sj)
 {
+        struct sched_batch *b = sj->batch;
+
         map_del(s, sj);
-        if (sj->batch)
-                sj->batch->held--;
+        if (b) {
+                if (sj->batch_prev)
+                        sj->batch_prev->batch_next = sj->batch_next;
+                else
+                        b->jobs = sj->batch_next;
+                if (sj->batch_next)
+                        sj->batch_next->batch_prev = sj->batch_prev;
+                b->held--;
+        }
         sched_job_free(s, sj);
 }
 
@@ -1012,9 +1036,7 @@ static int load_job(struct sched *s, struct sched_batch *b, struct job *j, const
                 return r;
         j->state = JOB_PENDING;
         j->priority = b->priority;
-        sj->batch = b;
-        b->held++;
-        map_add(s, sj);
+        batch_hold(s, b, sj);
         queue_job(s, sj);
         return 0;
 }
@@ -1373,12 +1395,10 @@ static int cancel_unloaded(struct sched *s, int64_t id, int64_t batch)
                 job_free(j);
                 return r;
         }
-        sj->batch = b;
         sj->tomb = true;
         sj->tomb_next = b->tombs;
         b->tombs = sj;
-        b->held++;
-        map_add(s, sj);
+        batch_hold(s, b, sj);
         end_cancelled(s, sj);
         return 0;
 }
@@ -1430,20 +1450,16 @@ out:
  * one by one. */
 static void batch_stop_jobs(struct sched *s, struct sched_batch *b)
 {
-        for (size_t i = 0; i < s->nbuckets; i++) {
-                struct sched_job *sj, *next;
+        struct sched_job *sj, *next;
 
-                for (sj = s->buckets[i]; sj; sj = next) {
-                        next = sj->hash_next;
-                        if (sj->batch != b)
-                                continue;
-                        if (sj->where == SJ_READY || sj->where == SJ_DELAYED ||
-                            sj->where == SJ_WAITING) {
-                                drop_queued(s, sj);
-                                forget_job(s, sj);
-                        } else
-                                cancel_job(s, sj);
-                }
+        for (sj = b->jobs; sj; sj = next) {
+                next = sj->batch_next;
+                if (sj->where == SJ_READY || sj->where == SJ_DELAYED ||
+                    sj->where == SJ_WAITING) {
+                        drop_queued(s, sj);
+                        forget_job(s, sj);
+                } else
+                        cancel_job(s, sj);
         }
 }
 

@@ -1,12 +1,22 @@
 /* The checkpoint thread. The write connection's WAL hook (run by SQLite on
  * the writer thread after each commit, with the WAL's size in pages) only
- * compares and signals; the thread sleeps on its condvar otherwise. A
- * checkpoint that cannot finish (readers on the WAL) is harmless: the data
- * is safe in the WAL and the next one goes on from there. */
+ * compares and signals; the thread sleeps on its condvar otherwise.
+ *
+ * A PASSIVE checkpoint copies the WAL into the database but cannot make
+ * the WAL start over: SQLite restarts it only when a write transaction
+ * begins with every frame already copied, which under steady commits is
+ * rarely the case. So the next checkpoint is due CHECKPOINT_PAGES past
+ * the size the last one left, not at a fixed size (or every commit of a
+ * long WAL would ask for one), and once the WAL is twice that long a
+ * RESTART checkpoint, after the PASSIVE one has copied nearly everything,
+ * holds writers for the few frames left and makes the next one start the
+ * WAL over. A checkpoint that cannot finish (readers on the WAL) is
+ * harmless: the data is safe in the WAL and the next one goes on. */
 #include "storage/checkpoint.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 
@@ -21,6 +31,7 @@ struct checkpointer {
         pthread_t thread;
         pthread_mutex_t lock;
         pthread_cond_t wake;
+        atomic_int due_at;              /* WAL pages that make the next one due */
         bool due;
         bool stopping;
 };
@@ -30,7 +41,15 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
         struct checkpointer *c = arg;
 
-        if (pages >= CHECKPOINT_PAGES) {
+        /* The WAL did not start over since the thread copied most of it:
+         * a checkpoint here, on the writer's own connection, copies the
+         * little that is left and lets its next transaction start the WAL
+         * over, as SQLite's automatic checkpoint would. */
+        if (pages >= 2 * CHECKPOINT_PAGES) {
+                sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+                return SQLITE_OK;
+        }
+        if (pages >= atomic_load(&c->due_at)) {
                 pthread_mutex_lock(&c->lock);
                 if (!c->due) {
                         c->due = true;
@@ -41,9 +60,21 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
         return SQLITE_OK;
 }
 
+/* One pass; returns the WAL's size in pages when it ended. */
+static int checkpoint_pass(struct checkpointer *c)
+{
+        int log = 0;
+
+        if (sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, NULL) !=
+            SQLITE_OK)
+                return 0;
+        return log;
+}
+
 static void *checkpointer_main(void *arg)
 {
         struct checkpointer *c = arg;
+        int log;
 
         pthread_mutex_lock(&c->lock);
         for (;;) {
@@ -51,11 +82,10 @@ static void *checkpointer_main(void *arg)
                         pthread_cond_wait(&c->wake, &c->lock);
                 if (c->stopping)
                         break;
-                /* Cleared first: commits during the checkpoint that ask
-                 * again get one more pass. */
                 c->due = false;
                 pthread_mutex_unlock(&c->lock);
-                sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+                log = checkpoint_pass(c);
+                atomic_store(&c->due_at, log + CHECKPOINT_PAGES);
                 pthread_mutex_lock(&c->lock);
         }
         pthread_mutex_unlock(&c->lock);
@@ -71,6 +101,7 @@ int checkpointer_start(struct store *s, struct checkpointer **ret)
         if (!c)
                 return -ENOMEM;
         c->store = s;
+        atomic_init(&c->due_at, CHECKPOINT_PAGES);
         r = store_open_connection(s, &c->db);
         if (r < 0)
                 goto fail_free;

@@ -2,14 +2,15 @@
  * the writer thread after each commit, with the WAL's size in pages) only
  * compares and signals; the thread sleeps on its condvar otherwise.
  *
- * A PASSIVE checkpoint copies the WAL into the database but cannot make
- * the WAL start over: SQLite restarts it only when a write transaction
- * begins with every frame already copied, which under steady commits is
- * rarely the case. So the next checkpoint is due CHECKPOINT_PAGES past
- * the size the last one left, not at a fixed size (or every commit of a
- * long WAL would ask for one), and once the WAL is twice that long a
- * RESTART checkpoint, after the PASSIVE one has copied nearly everything,
- * holds writers for the few frames left and makes the next one start the
+ * A checkpoint on another connection copies the WAL into the database but
+ * cannot make the WAL start over: SQLite restarts it only when a write
+ * transaction begins with every frame already copied, which under steady
+ * commits the writer never sees. So the thread's next pass is due
+ * CHECKPOINT_PAGES past the size the last one left (not at a fixed size,
+ * or every commit of a long WAL would ask for one), and once the WAL is
+ * twice that long the hook itself checkpoints on the writer's connection,
+ * as SQLite's automatic checkpoint does: the thread has copied nearly
+ * everything, so that costs little, and the next transaction starts the
  * WAL over. A checkpoint that cannot finish (readers on the WAL) is
  * harmless: the data is safe in the WAL and the next one goes on. */
 #include "storage/checkpoint.h"

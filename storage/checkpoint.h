@@ -1,11 +1,11 @@
-/* Checkpoints off the commit path. SQLite's automatic checkpoint runs in
- * the commit that crosses its threshold: that commit copies the WAL into
- * the database and syncs it while every op of the transaction, and the
- * queue behind it, waits. Here the write connection only reports its WAL
- * size; past a threshold a thread of its own, on its own connection, runs
- * a PASSIVE checkpoint, which in WAL mode goes on beside the writer and the
- * readers. (The writer still resets the WAL with a RESTART checkpoint when
- * it is idle.) */
+/* Checkpoints mostly off the commit path. SQLite's automatic checkpoint
+ * runs in the commit that crosses its threshold: that commit copies the WAL
+ * into the database and syncs it while every op of the transaction, and
+ * the queue behind it, waits. Here a thread of its own, on its own
+ * connection, runs PASSIVE checkpoints beside the writer and the readers,
+ * and the commit that finds the WAL long only copies the little left, so
+ * the WAL can start over. (The writer still resets the WAL with a RESTART
+ * checkpoint when it is idle.) */
 #ifndef FUTURED_CHECKPOINT_H
 #define FUTURED_CHECKPOINT_H
 

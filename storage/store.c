@@ -572,18 +572,30 @@ void store_reader_close(struct store_reader *rd)
         free(rd);
 }
 
-int store_get_job(struct store_reader *rd, int64_t id, struct job **ret)
+/* Steps st, whose ?1 is id, to its one row: 0 with the row ready to read,
+ * -ENOENT when there is none, or the error (st reset then). On 0 the
+ * caller reads the row and resets st. */
+static int step_by_id(sqlite3_stmt *st, int64_t id)
 {
-        int rc, r;
+        int rc;
 
-        rc = sqlite3_bind_int64(rd->get, 1, id);
+        rc = sqlite3_bind_int64(st, 1, id);
         if (rc != SQLITE_OK)
                 return store_errno(rc);
-        rc = sqlite3_step(rd->get);
+        rc = sqlite3_step(st);
         if (rc == SQLITE_ROW)
-                r = job_from_row(rd->get, ret);
-        else
-                r = rc == SQLITE_DONE ? -ENOENT : store_errno(rc);
+                return 0;
+        sqlite3_reset(st);
+        return rc == SQLITE_DONE ? -ENOENT : store_errno(rc);
+}
+
+int store_get_job(struct store_reader *rd, int64_t id, struct job **ret)
+{
+        int r = step_by_id(rd->get, id);
+
+        if (r < 0)
+                return r;
+        r = job_from_row(rd->get, ret);
         sqlite3_reset(rd->get);
         return r;
 }
@@ -700,16 +712,11 @@ static int batch_from_row(sqlite3_stmt *st, int64_t id, struct batch **ret)
 
 int store_get_batch(struct store_reader *rd, int64_t id, struct batch **ret)
 {
-        int rc, r;
+        int r = step_by_id(rd->batch, id);
 
-        rc = sqlite3_bind_int64(rd->batch, 1, id);
-        if (rc != SQLITE_OK)
-                return store_errno(rc);
-        rc = sqlite3_step(rd->batch);
-        if (rc == SQLITE_ROW)
-                r = batch_from_row(rd->batch, id, ret);
-        else
-                r = rc == SQLITE_DONE ? -ENOENT : store_errno(rc);
+        if (r < 0)
+                return r;
+        r = batch_from_row(rd->batch, id, ret);
         sqlite3_reset(rd->batch);
         return r;
 }

@@ -171,6 +171,8 @@ struct sched {
         struct sched_options o;
         pthread_mutex_t lock;
         pthread_cond_t wake[JOB_KIND__COUNT];   /* takers of a kind */
+        size_t takers_idle[JOB_KIND__COUNT];    /* blocked on wake[] */
+        size_t takers_called[JOB_KIND__COUNT];  /* signalled, not yet awake */
         pthread_cond_t idle;                    /* sched_drain() */
         struct heap ready[JOB_KIND__COUNT];
         struct heap delayed[JOB_KIND__COUNT];
@@ -509,6 +511,20 @@ static void lims_detach(struct sched *s, struct sched_job *sj)
                 }
 }
 
+/* A job of kind k is ready. An idle taker is woken only when none is on
+ * its way already; the one that is wakes the next when it takes a job and
+ * more are ready (sched_take()). Long jobs thus still get a taker each,
+ * one wake-up after another, while a burst of short ones is run by the
+ * takers already awake instead of waking one thread per job: a wake-up
+ * costs more than a noop. */
+static void wake_taker(struct sched *s, int k)
+{
+        if (s->takers_called[k] == 0 && s->takers_idle[k] > 0) {
+                s->takers_called[k]++;
+                pthread_cond_signal(&s->wake[k]);
+        }
+}
+
 /* Releases sj through its limiters, or holds it in the first that cannot
  * take it or has others waiting. from (may be NULL) is the limiter whose
  * waiting heap sj just left: its other waiters come after sj. */
@@ -545,7 +561,7 @@ static void gate_job(struct sched *s, struct sched_job *sj, struct sched_limiter
         } else {
                 sj->where = SJ_READY;
                 heap_push(&s->ready[k], sj);
-                pthread_cond_signal(&s->wake[k]);
+                wake_taker(s, k);
         }
 }
 
@@ -1569,6 +1585,7 @@ struct sched_job *sched_take(struct sched *s, enum job_kind kind,
                 if (s->ready[kind].n > 0)
                         break;
                 due = heap_top(&s->delayed[kind]);
+                s->takers_idle[kind]++;
                 if (due) {
                         struct timespec ts = monotonic_after(
                                 (double)(due->job->ready_at - job_now_ms()) / 1000.0);
@@ -1576,6 +1593,12 @@ struct sched_job *sched_take(struct sched *s, enum job_kind kind,
                         pthread_cond_timedwait(&s->wake[kind], &s->lock, &ts);
                 } else
                         pthread_cond_wait(&s->wake[kind], &s->lock);
+                s->takers_idle[kind]--;
+                /* A taker woken otherwise (a deadline, a broadcast) may
+                 * count as the called one: another is then called early,
+                 * never too late. */
+                if (s->takers_called[kind] > 0)
+                        s->takers_called[kind]--;
         }
 
         sj = heap_top(&s->ready[kind]);
@@ -1595,9 +1618,10 @@ struct sched_job *sched_take(struct sched *s, enum job_kind kind,
                 observe_ms(&s->timings.wait[kind], j->created_at, j->started_at);
         s->running[kind]++;
         push_op(s, sj, WOP_START, start_done);
-        /* promote_due() may have readied more than one */
+        /* the next taker, if more are ready (promote_due() may have
+         * readied more than one) */
         if (s->ready[kind].n > 0)
-                pthread_cond_signal(&s->wake[kind]);
+                wake_taker(s, kind);
         pthread_mutex_unlock(&s->lock);
         return sj;
 }

@@ -10,9 +10,10 @@
  * - Each heap of a kind has room for every live job of that kind, reserved
  *   at submission or load, so moving a job between heaps never allocates
  *   and cannot fail inside a writer callback.
- * - At most one op of a job is at the writer at a time, so the writer reads
- *   job fields nobody is changing. A run that ends while its START is still
- *   at the writer parks its outcome until START's done().
+ * - A job has at most two ops at the writer: its START and then its end
+ *   (FINISH or REQUEUE), which need not wait for the START's commit. The
+ *   writer reads job fields nobody changes while they are queued (the
+ *   attempts, which a drained run gives back, travel in the op).
  * - Ops are pushed under the lock (writer_push only takes the writer's queue
  *   lock); submitters' done() and on_finished() are called without it, as
  *   they may take locks of their own that are held around sched_submit().
@@ -119,10 +120,11 @@ struct sched_job {
         struct sched_submission *sub;   /* while SJ_SUBMITTING */
         void (*interrupt)(void *arg);
         void *interrupt_arg;
-        struct wop op;                  /* START, REQUEUE or FINISH */
-        bool op_busy;
-        bool has_outcome;
-        struct sched_outcome outcome;   /* parked while START is in flight */
+        /* A run's end need not wait for its start to be stored: the writer
+         * keeps their order (and may fold the START into the end). */
+        struct wop start_op;            /* START */
+        struct wop op;                  /* REQUEUE or FINISH */
+        bool start_busy, op_busy;
         struct sched_batch *batch;      /* NULL outside batches */
         struct sched_job *batch_prev, *batch_next;      /* batch->jobs */
         bool tomb;                      /* cancelled before it was loaded */
@@ -830,21 +832,26 @@ static void batch_settle(struct sched *s, struct sched_batch *b)
 static void push_op(struct sched *s, struct sched_job *sj, enum wop_type type,
                     void (*done)(struct wop *op))
 {
-        sj->op = (struct wop) {
+        bool start = type == WOP_START;
+        struct wop *op = start ? &sj->start_op : &sj->op;
+
+        *op = (struct wop) {
                 .type = type,
                 .job = sj->job,
                 .done = done,
                 .userdata = sj,
+                .attempts = sj->job->attempts,
+                .start = !start && sj->start_busy ? &sj->start_op : NULL,
         };
-        sj->op_busy = true;
+        *(start ? &sj->start_busy : &sj->op_busy) = true;
         s->ops++;
-        writer_push(s->o.writer, &sj->op);
+        writer_push(s->o.writer, op);
 }
 
 /* Called on the writer thread, under the lock, when an op of sj is done. */
 static void op_settle(struct sched *s, struct sched_job *sj, const struct wop *op)
 {
-        sj->op_busy = false;
+        *(op == &sj->start_op ? &sj->start_busy : &sj->op_busy) = false;
         s->ops--;
         /* A tombstone's job, or one being cancelled, may have ended
          * otherwise: by a batch cancel, which ends its stored pending jobs
@@ -945,10 +952,6 @@ static void start_done(struct wop *op)
 
         pthread_mutex_lock(&s->lock);
         op_settle(s, sj, op);
-        if (sj->has_outcome) {
-                sj->has_outcome = false;
-                apply_outcome(s, sj, &sj->outcome);
-        }
         wake_drain(s);
         pthread_mutex_unlock(&s->lock);
 }
@@ -1272,8 +1275,6 @@ void sched_free(struct sched *s)
                         struct sched_job *sj = s->buckets[i];
 
                         s->buckets[i] = sj->hash_next;
-                        json_decref(sj->outcome.result);
-                        json_decref(sj->outcome.error);
                         sched_job_free(s, sj);
                 }
         while (s->batches)
@@ -1375,14 +1376,6 @@ static int cancel_job(struct sched *s, struct sched_job *sj)
                 sj->stop = SJ_STOP_CANCEL;
                 return -EINPROGRESS;
         case SJ_FINISHING:
-                /* A run that ended while its START was at the writer parks
-                 * its outcome; a retryable one would run again, so the
-                 * cancel must still count. */
-                if (sj->has_outcome && sj->stop != SJ_STOP_CANCEL) {
-                        sj->stop = SJ_STOP_CANCEL;
-                        return 0;
-                }
-                return -ENOENT;
         case SJ_SUBMITTING:
         case SJ_GONE:
                 break;
@@ -1637,12 +1630,7 @@ void sched_finish(struct sched *s, struct sched_job *sj, struct sched_outcome *o
         s->running[sj->job->kind]--;
         observe_ms(&s->timings.run[sj->job->kind], sj->job->started_at, job_now_ms());
         lims_finish(s, sj);
-        sj->where = SJ_FINISHING;
-        if (sj->op_busy) {
-                sj->outcome = *o;
-                sj->has_outcome = true;
-        } else
-                apply_outcome(s, sj, o);
+        apply_outcome(s, sj, o);
         wake_drain(s);
         pthread_mutex_unlock(&s->lock);
 }

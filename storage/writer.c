@@ -128,9 +128,10 @@ static const char *const stmt_sql[ST__FIXED] = {
         [ST_KEY_ID] = "SELECT id FROM jobs WHERE key = ?1",
         [ST_START] = "UPDATE jobs SET state = 'running', attempts = ?2, started_at = ?3 "
                      "WHERE id = ?1 AND state IN ('pending', 'running')",
-        [ST_FINISH] = "UPDATE jobs SET state = ?2, result = ?3, error = ?4, finished_at = ?5, seq = ?6 "
+        [ST_FINISH] = "UPDATE jobs SET state = ?2, result = ?3, error = ?4, finished_at = ?5, seq = ?6, "
+                      "attempts = ?7, started_at = ?8 "
                       "WHERE id = ?1 AND state IN ('pending', 'running') RETURNING batch",
-        [ST_REQUEUE] = "UPDATE jobs SET state = 'pending', attempts = ?2, ready_at = ?3 "
+        [ST_REQUEUE] = "UPDATE jobs SET state = 'pending', attempts = ?2, ready_at = ?3, started_at = ?4 "
                        "WHERE id = ?1 AND state IN ('pending', 'running')",
         [ST_DELETE] = "DELETE FROM jobs WHERE id = ?1 AND state NOT IN ('pending', 'running')",
         [ST_EXISTS] = "SELECT 1 FROM jobs WHERE id = ?1",
@@ -173,6 +174,7 @@ struct writer {
         sqlite3 *db;                    /* the store's; this thread's alone */
         sqlite3_stmt *st[ST__COUNT];
         int64_t seq;                    /* writer thread only */
+        uint64_t txn;                   /* transactions taken, under lock */
         pthread_t thread;
 
         pthread_mutex_t lock;
@@ -287,7 +289,11 @@ static int apply_start(struct writer *w, struct wop *op)
         sqlite3_stmt *st = w->st[ST_START];
         int rc = SQLITE_OK;
 
-        store_bind_int64(st, 2, op->job->attempts, &rc);
+        if (op->skip) {
+                op->result = 0;
+                return 0;
+        }
+        store_bind_int64(st, 2, op->attempts, &rc);
         store_bind_opt_int64(st, 3, op->job->started_at, 0, &rc);
         return apply_update(w, op, st, rc);
 }
@@ -327,6 +333,8 @@ static int apply_finish(struct writer *w, struct wop *op)
         store_bind_text(st, 4, j->error, &rc);
         store_bind_int64(st, 5, j->finished_at, &rc);
         store_bind_int64(st, 6, w->seq + 1, &rc);
+        store_bind_int64(st, 7, op->attempts, &rc);
+        store_bind_opt_int64(st, 8, j->started_at, 0, &rc);
         if (rc == SQLITE_OK)
                 rc = sqlite3_step(st);
         if (rc == SQLITE_ROW) {
@@ -356,8 +364,9 @@ static int apply_requeue(struct writer *w, struct wop *op)
         sqlite3_stmt *st = w->st[ST_REQUEUE];
         int rc = SQLITE_OK;
 
-        store_bind_int64(st, 2, op->job->attempts, &rc);
+        store_bind_int64(st, 2, op->attempts, &rc);
         store_bind_int64(st, 3, op->job->ready_at, &rc);
+        store_bind_opt_int64(st, 4, op->job->started_at, 0, &rc);
         return apply_update(w, op, st, rc);
 }
 
@@ -676,6 +685,17 @@ static int apply_purge(struct writer *w, struct wop *op)
         return 0;
 }
 
+/* r is what applying FINISH or REQUEUE op returned. When op failed alone
+ * after its START was skipped, the START is written after all: the job
+ * counts its attempt as if op had never been pushed. */
+static int apply_ended(struct writer *w, struct wop *op, int r)
+{
+        if (r < 0 || op->result == 0 || op->result == -ENOENT || !op->start || !op->start->skip)
+                return r;
+        op->start->skip = false;
+        return apply_start(w, op->start);
+}
+
 static int writer_apply(struct writer *w, struct wop *op)
 {
         switch (op->type) {
@@ -684,9 +704,9 @@ static int writer_apply(struct writer *w, struct wop *op)
         case WOP_START:
                 return apply_start(w, op);
         case WOP_FINISH:
-                return apply_finish(w, op);
+                return apply_ended(w, op, apply_finish(w, op));
         case WOP_REQUEUE:
-                return apply_requeue(w, op);
+                return apply_ended(w, op, apply_requeue(w, op));
         case WOP_DELETE:
                 return apply_delete(w, op);
         case WOP_BATCH_OPEN:
@@ -872,6 +892,16 @@ static void checkpoint(struct writer *w)
         sqlite3_busy_timeout(w->db, STORE_BUSY_TIMEOUT_MS);
 }
 
+/* Stamps op as part of transaction w->txn, and skips its START when that
+ * is too (queue order puts the START first). */
+static void take_op(struct writer *w, struct wop *op)
+{
+        op->txn = w->txn;
+        op->skip = false;
+        if (op->start && op->start->txn == w->txn)
+                op->start->skip = true;
+}
+
 /* Under lock, with the queue not empty: its first TXN_OPS_MAX ops. Every
  * op of a transaction waits for its commit, so a flood (the ends of a batch
  * of fast jobs) must not make one transaction of seconds. */
@@ -879,8 +909,13 @@ static struct wop *take_ops(struct writer *w)
 {
         struct wop *first = w->head, *last = first;
 
-        for (size_t n = 1; n < TXN_OPS_MAX && last->next; n++)
+        w->txn++;
+        for (size_t n = 1;; n++) {
+                take_op(w, last);
+                if (n == TXN_OPS_MAX || !last->next)
+                        break;
                 last = last->next;
+        }
         w->head = last->next;
         if (!w->head)
                 w->tail = NULL;

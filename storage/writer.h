@@ -22,9 +22,10 @@
 enum wop_type {
         WOP_SUBMIT,     /* insert job; fills job->id, job->created_at */
         WOP_START,      /* job->id now running: attempts, started_at */
-        WOP_FINISH,     /* job->id finished: state, result, error, finished_at; fills
-                         * job->seq; a batch job also counts in its batch */
-        WOP_REQUEUE,    /* job->id back to pending: attempts, ready_at */
+        WOP_FINISH,     /* job->id finished: state, result, error, finished_at,
+                         * attempts, started_at; fills job->seq; a batch job
+                         * also counts in its batch */
+        WOP_REQUEUE,    /* job->id back to pending: attempts, ready_at, started_at */
         WOP_DELETE,     /* forget finished job->id */
         /* Batches (storage/batch.h), all through op->batch: */
         WOP_BATCH_OPEN,         /* insert unsealed; fills batch->id, created_at */
@@ -75,7 +76,18 @@ struct wop {
         int result;
         void (*done)(struct wop *op);
         void *userdata;
-        struct wop *next;       /* the writer's queue link */
+        /* START, FINISH, REQUEUE: the job's attempts to store. Not read
+         * from the job: a drained run gives its attempt back while its
+         * START may still be queued. */
+        int attempts;
+        /* FINISH, REQUEUE: the job's START pushed before it, or NULL. Taken
+         * in the same transaction, the START writes nothing: this op writes
+         * all it would (a noop job's start and end cost one row update). */
+        struct wop *start;
+        /* The writer's: */
+        struct wop *next;       /* queue link */
+        uint64_t txn;           /* the transaction that took it */
+        bool skip;              /* START: written by a later op */
 };
 
 struct writer;

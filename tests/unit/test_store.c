@@ -70,7 +70,8 @@ static void op_done(struct wop *op)
 
 static void op_init(struct wop *op, enum wop_type type, struct job *j, struct waiter *wt)
 {
-        *op = (struct wop) { .type = type, .job = j, .done = op_done, .userdata = wt };
+        *op = (struct wop) { .type = type, .job = j, .attempts = j->attempts, .done = op_done,
+                             .userdata = wt };
 }
 
 /* Pushes op and waits for it; returns its result. */
@@ -88,7 +89,7 @@ static int run_wop(struct writer *w, struct wop *op)
 
 static int run_op(struct writer *w, enum wop_type type, struct job *j)
 {
-        struct wop op = { .type = type, .job = j };
+        struct wop op = { .type = type, .job = j, .attempts = j->attempts };
 
         return run_wop(w, &op);
 }
@@ -308,13 +309,44 @@ static int gate_hook(void)
         return 0;
 }
 
+/* Runs ops[0..n) in one transaction, in order: the writer is held in the
+ * commit of a submission of its own while they queue behind it. */
+static void run_together(struct fixture *f, struct wop *ops, size_t n)
+{
+        struct job *x = make_job("noop", NULL);
+        struct waiter wt;
+        struct wop hold;
+
+        gate.entered = gate.open = false;
+        writer_commit_hook = gate_hook;
+        waiter_init(&wt, n + 1);
+        op_init(&hold, WOP_SUBMIT, x, &wt);
+        writer_push(f->writer, &hold);
+        pthread_mutex_lock(&gate.lock);
+        while (!gate.entered)
+                pthread_cond_wait(&gate.cond, &gate.lock);
+        pthread_mutex_unlock(&gate.lock);
+        for (size_t i = 0; i < n; i++) {
+                ops[i].done = op_done;
+                ops[i].userdata = &wt;
+                writer_push(f->writer, &ops[i]);
+        }
+        pthread_mutex_lock(&gate.lock);
+        gate.open = true;
+        pthread_cond_broadcast(&gate.cond);
+        pthread_mutex_unlock(&gate.lock);
+        waiter_wait(&wt);
+        writer_commit_hook = NULL;
+        assert_int_equal(hold.result, 0);
+        job_free(x);
+}
+
 static void test_key_conflict(void **state)
 {
         struct fixture *f = *state;
-        struct job *a, *b, *x, *c, *d;
+        struct job *a, *b, *c, *d;
         struct writer_stats before, after;
-        struct waiter wt;
-        struct wop ops[3];
+        struct wop ops[2];
 
         store_up(f);
         a = submit(f, "noop", "k");
@@ -322,45 +354,92 @@ static void test_key_conflict(void **state)
         assert_int_equal(run_op(f->writer, WOP_SUBMIT, b), -EEXIST);
         assert_int_equal(b->id, a->id);
 
-        /* Two submissions of one key in one transaction: hold the writer
-         * in the commit of x while c and d queue behind it. */
-        x = make_job("noop", NULL);
+        /* Two submissions of one key in one transaction. */
         c = make_job("noop", "same");
         d = make_job("noop", "same");
         writer_get_stats(f->writer, &before);
-        gate.entered = gate.open = false;
-        writer_commit_hook = gate_hook;
-        waiter_init(&wt, 3);
-        op_init(&ops[0], WOP_SUBMIT, x, &wt);
-        writer_push(f->writer, &ops[0]);
-        pthread_mutex_lock(&gate.lock);
-        while (!gate.entered)
-                pthread_cond_wait(&gate.cond, &gate.lock);
-        pthread_mutex_unlock(&gate.lock);
-        op_init(&ops[1], WOP_SUBMIT, c, &wt);
-        op_init(&ops[2], WOP_SUBMIT, d, &wt);
-        writer_push(f->writer, &ops[1]);
-        writer_push(f->writer, &ops[2]);
-        pthread_mutex_lock(&gate.lock);
-        gate.open = true;
-        pthread_cond_broadcast(&gate.cond);
-        pthread_mutex_unlock(&gate.lock);
-        waiter_wait(&wt);
-        writer_commit_hook = NULL;
+        op_init(&ops[0], WOP_SUBMIT, c, NULL);
+        op_init(&ops[1], WOP_SUBMIT, d, NULL);
+        run_together(f, ops, 2);
         writer_get_stats(f->writer, &after);
 
         assert_int_equal(after.commits - before.commits, 2);
         assert_int_equal(ops[0].result, 0);
-        assert_int_equal(ops[1].result, 0);
-        assert_int_equal(ops[2].result, -EEXIST);
+        assert_int_equal(ops[1].result, -EEXIST);
         assert_int_equal(d->id, c->id);
-        assert_true(c->id > x->id);
+        assert_true(c->id > a->id);
 
         job_free(a);
         job_free(b);
-        job_free(x);
         job_free(c);
         job_free(d);
+}
+
+/* A START and the end of its run in one transaction: the end writes what
+ * the START would have, so the START is skipped; when the end fails alone,
+ * the START is written after all. */
+static void test_start_folded(void **state)
+{
+        struct fixture *f = *state;
+        struct job *j, *k, *got;
+        struct wop ops[4];
+
+        store_up(f);
+        j = submit(f, "noop", NULL);
+        k = submit(f, "noop", NULL);
+        j->attempts = k->attempts = 1;
+        j->started_at = k->started_at = job_now_ms() - 5;
+        op_init(&ops[0], WOP_START, j, NULL);
+        op_init(&ops[1], WOP_START, k, NULL);
+        j->state = JOB_SUCCEEDED;
+        j->result = strdup("1");
+        j->finished_at = job_now_ms();
+        op_init(&ops[2], WOP_FINISH, j, NULL);
+        ops[2].start = &ops[0];
+        /* pending is no end: the schema refuses it, this op alone */
+        k->state = JOB_PENDING;
+        k->finished_at = job_now_ms();
+        op_init(&ops[3], WOP_FINISH, k, NULL);
+        ops[3].start = &ops[1];
+        run_together(f, ops, 4);
+
+        assert_int_equal(ops[0].result, 0);
+        assert_true(ops[0].skip);
+        assert_int_equal(ops[2].result, 0);
+        assert_int_equal(store_get_job(f->reader, j->id, &got), 0);
+        assert_int_equal(got->state, JOB_SUCCEEDED);
+        assert_int_equal(got->attempts, 1);
+        assert_int_equal(got->started_at, j->started_at);
+        assert_int_equal(got->finished_at, j->finished_at);
+        job_free(got);
+
+        assert_int_equal(ops[1].result, 0);
+        assert_false(ops[1].skip);
+        assert_int_equal(ops[3].result, -EINVAL);
+        assert_int_equal(store_get_job(f->reader, k->id, &got), 0);
+        assert_int_equal(got->state, JOB_RUNNING);
+        assert_int_equal(got->attempts, 1);
+        assert_int_equal(got->started_at, k->started_at);
+        job_free(got);
+
+        /* Apart, each writes its own. */
+        k->attempts = 2;
+        k->started_at = job_now_ms();
+        op_init(&ops[1], WOP_START, k, NULL);
+        assert_int_equal(run_wop(f->writer, &ops[1]), 0);
+        k->state = JOB_FAILED;
+        k->error = strdup("{\"type\":\"x\",\"message\":\"y\"}");
+        op_init(&ops[3], WOP_FINISH, k, NULL);
+        ops[3].start = &ops[1];
+        assert_int_equal(run_wop(f->writer, &ops[3]), 0);
+        assert_false(ops[1].skip);
+        assert_int_equal(store_get_job(f->reader, k->id, &got), 0);
+        assert_int_equal(got->state, JOB_FAILED);
+        assert_int_equal(got->attempts, 2);
+        job_free(got);
+
+        job_free(j);
+        job_free(k);
 }
 
 static void test_lifecycle(void **state)
@@ -1611,6 +1690,7 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_open_migrate_reopen, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_key_conflict, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_start_folded, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_list_count, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_recover, setup, teardown),

@@ -5,7 +5,8 @@
  * (storage/batch.h): OPEN once the first chunk is full or the items end,
  * ITEMS for each chunk of UPLOAD_CHUNK jobs, SEAL at the end; once anything
  * goes wrong after OPEN, ABORT (after the op in flight is done), so a
- * refused batch leaves nothing. One op is in flight at a time, and the
+ * refused batch leaves nothing. A batch whose items all ended within the
+ * first chunk goes in one OPEN that carries them and seals it: one commit. One op is in flight at a time, and the
  * upload holds two chunks: the one the op stores (held) and the one it
  * fills meanwhile (fill). The request is suspended ("parked") only when it
  * cannot go on until the op is done: fill is full, the items ended, or
@@ -28,8 +29,8 @@
  * (the client went away between lines) leaves the upload to that op's
  * done(), which goes on as below. A request that ends while the batch is
  * open hands the upload to an ABORT op instead of freeing it; that op's
- * done() frees it. SEAL is never in flight unparked, so an upload left to
- * done() never has a batch to schedule.
+ * done() frees it. SEAL (and a whole OPEN) is never in flight unparked, so
+ * an upload left to done() never has a batch to schedule.
  *
  * An NDJSON upload with ?format=openai takes an OpenAI Batch API input file:
  * each line becomes an http job (spec_openai_line()), and every custom_id
@@ -171,14 +172,14 @@ static void upload_done(struct wop *op)
         }
 }
 
-/* With no op in flight. */
-static void upload_push(struct upload *u, enum wop_type type)
+/* With no op in flight; with_jobs: ITEMS, or OPEN of the whole batch. */
+static void upload_push(struct upload *u, enum wop_type type, bool with_jobs)
 {
         u->op = (struct wop) {
                 .type = type,
                 .batch = u->batch,
                 .jobs = u->held->jobs,
-                .n_jobs = type == WOP_BATCH_ITEMS ? u->held->n_jobs : 0,
+                .n_jobs = with_jobs ? u->held->n_jobs : 0,
                 .done = upload_done,
                 .userdata = u,
         };
@@ -226,10 +227,23 @@ static void fail_item(struct upload *u, int r, const struct spec_error *err, int
         u->err_line = line;
 }
 
+/* The batch is durable now: its jobs run whatever the request comes to,
+ * at the latest after a restart. */
+static void upload_sealed(struct upload *u)
+{
+        int r;
+
+        u->open = false;
+        r = sched_add_batch(u->api->d.sched, u->batch->id, u->batch->priority);
+        if (r < 0)
+                log_error("batch %lld: not scheduled until a restart: %s",
+                          (long long) u->batch->id, strerror(-r));
+}
+
 /* Takes in what the op in flight did, once it is done. */
 static void upload_settle(struct upload *u)
 {
-        int r, k;
+        int r;
 
         if (atomic_load(&u->flight) != FLIGHT_DONE)
                 return;
@@ -238,21 +252,18 @@ static void upload_settle(struct upload *u)
         switch (u->op.type) {
         case WOP_BATCH_OPEN:
                 u->open = r == 0;
+                if (r == 0 && u->op.n_jobs > 0) {
+                        chunk_drop(u->held);
+                        upload_sealed(u);
+                }
                 break;
         case WOP_BATCH_ITEMS:
                 if (r == 0)
                         chunk_drop(u->held);
                 break;
         case WOP_BATCH_SEAL:
-                if (r != 0)
-                        break;
-                u->open = false;
-                /* The batch is durable now: its jobs run whatever this
-                 * returns, at the latest after a restart. */
-                k = sched_add_batch(u->api->d.sched, u->batch->id, u->batch->priority);
-                if (k < 0)
-                        log_error("batch %lld: not scheduled until a restart: %s",
-                                  (long long) u->batch->id, strerror(-k));
+                if (r == 0)
+                        upload_sealed(u);
                 break;
         default:
                 /* ABORT: whatever came of it, the batch is not open any
@@ -276,7 +287,7 @@ static void upload_abandon(struct upload *u)
         }
         chunk_drop(&u->chunks[0]);
         chunk_drop(&u->chunks[1]);
-        upload_push(u, WOP_BATCH_ABORT);
+        upload_push(u, WOP_BATCH_ABORT, false);
 }
 
 /* req->ctx_free: the request ends; never while parked. */
@@ -306,7 +317,7 @@ static bool upload_push_next(struct upload *u, bool ending)
         if (u->failure) {
                 if (!u->open)
                         return false;
-                upload_push(u, WOP_BATCH_ABORT);
+                upload_push(u, WOP_BATCH_ABORT, false);
                 return true;
         }
         if (u->batch->sealed)
@@ -322,14 +333,19 @@ static bool upload_push_next(struct upload *u, bool ending)
         if (!u->open) {
                 if (u->held->n_jobs == 0 && !ending)
                         return false;
-                upload_push(u, WOP_BATCH_OPEN);
+                /* every item in held: the whole batch in one commit */
+                bool whole = ending && u->held->n_jobs > 0 && (int64_t) u->held->n_jobs == u->items;
+
+                if (whole)
+                        u->batch->size = u->items;
+                upload_push(u, WOP_BATCH_OPEN, whole);
         } else if (u->held->n_jobs > 0) {
                 for (size_t i = 0; i < u->held->n_jobs; i++)
                         u->held->jobs[i]->batch = u->batch->id;
-                upload_push(u, WOP_BATCH_ITEMS);
+                upload_push(u, WOP_BATCH_ITEMS, true);
         } else if (ending) {
                 u->batch->size = u->items;
-                upload_push(u, WOP_BATCH_SEAL);
+                upload_push(u, WOP_BATCH_SEAL, false);
         } else
                 return false;
         return true;

@@ -544,6 +544,51 @@ static int apply_batch_seal(struct writer *w, struct wop *op)
         return 0;
 }
 
+static void undo_items(struct wop *op)
+{
+        for (size_t i = 0; i < op->n_jobs; i++)
+                op->jobs[i]->id = 0;
+}
+
+static void undo_seal(struct batch *b)
+{
+        b->sealed = false;
+        b->sealed_at = 0;
+        b->finished_at = 0;
+}
+
+static void op_undo(struct wop *op);
+
+/* OPEN with jobs: the whole batch at once, stored sealed or not at all, so
+ * that a small batch costs one commit rather than three. The jobs take the
+ * batch's id here, as nobody knew it before. */
+static int apply_batch_whole(struct writer *w, struct wop *op)
+{
+        int rc, r;
+
+        rc = step(w->st[ST_SAVEPOINT]);
+        if (rc != SQLITE_DONE)
+                return store_errno(rc);
+        r = apply_batch_open(w, op);
+        if (r == 0 && op->result == 0) {
+                for (size_t i = 0; i < op->n_jobs; i++)
+                        op->jobs[i]->batch = op->batch->id;
+                r = apply_batch_items(w, op);
+        }
+        if (r == 0 && op->result == 0)
+                r = apply_batch_seal(w, op);
+        if (r < 0)
+                return r;
+        if (op->result < 0) {
+                op_undo(op);
+                rc = step(w->st[ST_ROLLBACK_TO]);
+        } else
+                rc = SQLITE_DONE;
+        if (rc == SQLITE_DONE)
+                rc = step(w->st[ST_RELEASE]);
+        return rc == SQLITE_DONE ? 0 : store_errno(rc);
+}
+
 /* The batch row and all its jobs. */
 static int delete_batch(struct writer *w, int64_t id)
 {
@@ -710,7 +755,7 @@ static int writer_apply(struct writer *w, struct wop *op)
         case WOP_DELETE:
                 return apply_delete(w, op);
         case WOP_BATCH_OPEN:
-                return apply_batch_open(w, op);
+                return op->n_jobs > 0 ? apply_batch_whole(w, op) : apply_batch_open(w, op);
         case WOP_BATCH_ITEMS:
                 return apply_batch_items(w, op);
         case WOP_BATCH_SEAL:
@@ -784,15 +829,16 @@ static void op_undo(struct wop *op)
                 break;
         case WOP_BATCH_OPEN:
                 op->batch->id = 0;
+                if (op->n_jobs > 0) {   /* the whole batch */
+                        undo_items(op);
+                        undo_seal(op->batch);
+                }
                 break;
         case WOP_BATCH_ITEMS:
-                for (size_t i = 0; i < op->n_jobs; i++)
-                        op->jobs[i]->id = 0;
+                undo_items(op);
                 break;
         case WOP_BATCH_SEAL:
-                op->batch->sealed = false;
-                op->batch->sealed_at = 0;
-                op->batch->finished_at = 0;
+                undo_seal(op->batch);
                 break;
         default:
                 break;

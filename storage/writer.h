@@ -28,7 +28,11 @@ enum wop_type {
         WOP_REQUEUE,    /* job->id back to pending: attempts, ready_at, started_at */
         WOP_DELETE,     /* forget finished job->id */
         /* Batches (storage/batch.h), all through op->batch: */
-        WOP_BATCH_OPEN,         /* insert unsealed; fills batch->id, created_at */
+        WOP_BATCH_OPEN,         /* insert unsealed; fills batch->id, created_at.
+                                 * With op->jobs, the whole batch: OPEN, ITEMS
+                                 * (the jobs' batch set here) and SEAL of
+                                 * batch->size == n_jobs items in one, stored
+                                 * sealed or not at all */
         WOP_BATCH_ITEMS,        /* insert op->jobs[0..n_jobs) into the open batch;
                                  * each job's batch and index are set by the
                                  * caller; fills their ids and created_at */

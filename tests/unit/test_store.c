@@ -1095,6 +1095,59 @@ static void test_batch_abort(void **state)
         batch_free(b);
 }
 
+/* OPEN with the jobs: the whole batch sealed in one commit, or, refused,
+ * nothing of it. */
+static void test_batch_whole(void **state)
+{
+        struct fixture *f = *state;
+        struct writer_stats before, after;
+        struct batch *b, *got, *bad;
+        struct job **jobs, **dup;
+        struct wop op;
+
+        store_up(f);
+        b = batch_new();
+        assert_non_null(b);
+        jobs = make_items(b, 5);
+        b->size = 5;
+        writer_get_stats(f->writer, &before);
+        op = (struct wop) { .type = WOP_BATCH_OPEN, .batch = b, .jobs = jobs, .n_jobs = 5 };
+        assert_int_equal(run_wop(f->writer, &op), 0);
+        writer_get_stats(f->writer, &after);
+        assert_int_equal(after.commits - before.commits, 1);
+        assert_true(b->id > 0);
+        assert_true(b->sealed);
+        for (int i = 0; i < 5; i++) {
+                assert_int_equal(jobs[i]->batch, b->id);
+                assert_true(jobs[i]->id > 0);
+        }
+        got = get_batch(f, b->id);
+        assert_int_equal(got->size, 5);
+        assert_int_equal(got->counts[JOB_PENDING], 5);
+        batch_free(got);
+
+        /* a key taken by another job refuses the batch whole */
+        bad = batch_new();
+        assert_non_null(bad);
+        dup = make_items(bad, 3);
+        dup[2]->key = strdup("mine");
+        job_free(submit(f, "noop", "mine"));
+        bad->size = 3;
+        op = (struct wop) { .type = WOP_BATCH_OPEN, .batch = bad, .jobs = dup, .n_jobs = 3 };
+        assert_int_equal(run_wop(f->writer, &op), -EEXIST);
+        assert_int_equal(bad->id, 0);
+        assert_false(bad->sealed);
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(dup[i]->id, 0);
+        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM batches"), 1);
+        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM jobs"), 6);
+
+        free_items(dup, 3);
+        batch_free(bad);
+        free_items(jobs, 5);
+        batch_free(b);
+}
+
 static void test_batch_finish_counts(void **state)
 {
         struct fixture *f = *state;
@@ -1700,6 +1753,7 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_migrate_from_v1, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_upload, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_abort, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_whole, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_finish_counts, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_results, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_pending, setup, teardown),

@@ -128,10 +128,13 @@ static const char *const stmt_sql[ST__FIXED] = {
         [ST_KEY_ID] = "SELECT id FROM jobs WHERE key = ?1",
         [ST_START] = "UPDATE jobs SET state = 'running', attempts = ?2, started_at = ?3 "
                      "WHERE id = ?1 AND state IN ('pending', 'running')",
+        /* ?7, ?8 (FINISH) and ?4 (REQUEUE): NULL unless the START is
+         * folded in (bind_folded_start()) */
         [ST_FINISH] = "UPDATE jobs SET state = ?2, result = ?3, error = ?4, finished_at = ?5, seq = ?6, "
-                      "attempts = ?7, started_at = ?8 "
+                      "attempts = COALESCE(?7, attempts), started_at = COALESCE(?8, started_at) "
                       "WHERE id = ?1 AND state IN ('pending', 'running') RETURNING batch",
-        [ST_REQUEUE] = "UPDATE jobs SET state = 'pending', attempts = ?2, ready_at = ?3, started_at = ?4 "
+        [ST_REQUEUE] = "UPDATE jobs SET state = 'pending', attempts = ?2, ready_at = ?3, "
+                       "started_at = COALESCE(?4, started_at) "
                        "WHERE id = ?1 AND state IN ('pending', 'running')",
         [ST_DELETE] = "DELETE FROM jobs WHERE id = ?1 AND state NOT IN ('pending', 'running')",
         [ST_EXISTS] = "SELECT 1 FROM jobs WHERE id = ?1",
@@ -298,6 +301,20 @@ static int apply_start(struct writer *w, struct wop *op)
         return apply_update(w, op, st, rc);
 }
 
+/* The attempts (?attempts, unless 0) and start (?started) of the run that
+ * op ends, when its START was skipped for it (take_op()); else NULLs, which
+ * keep the stored ones: an end of a job that never started here, such as
+ * a tombstone's, knows neither. */
+static void bind_folded_start(sqlite3_stmt *st, int attempts, int started, const struct wop *op,
+                              int *rc)
+{
+        bool folded = op->start && op->start->skip;
+
+        if (attempts > 0)
+                store_bind_opt_int64(st, attempts, folded ? op->attempts : -1, -1, rc);
+        store_bind_opt_int64(st, started, folded ? op->job->started_at : 0, 0, rc);
+}
+
 /* n jobs of batch finished in state, counted in its row. */
 static int count_finished(struct writer *w, int64_t batch, enum job_state state, int64_t n,
                           int64_t now)
@@ -333,8 +350,7 @@ static int apply_finish(struct writer *w, struct wop *op)
         store_bind_text(st, 4, j->error, &rc);
         store_bind_int64(st, 5, j->finished_at, &rc);
         store_bind_int64(st, 6, w->seq + 1, &rc);
-        store_bind_int64(st, 7, op->attempts, &rc);
-        store_bind_opt_int64(st, 8, j->started_at, 0, &rc);
+        bind_folded_start(st, 7, 8, op, &rc);
         if (rc == SQLITE_OK)
                 rc = sqlite3_step(st);
         if (rc == SQLITE_ROW) {
@@ -366,7 +382,7 @@ static int apply_requeue(struct writer *w, struct wop *op)
 
         store_bind_int64(st, 2, op->attempts, &rc);
         store_bind_int64(st, 3, op->job->ready_at, &rc);
-        store_bind_opt_int64(st, 4, op->job->started_at, 0, &rc);
+        bind_folded_start(st, 0, 4, op, &rc);
         return apply_update(w, op, st, rc);
 }
 

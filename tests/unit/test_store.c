@@ -438,6 +438,28 @@ static void test_start_folded(void **state)
         assert_int_equal(got->attempts, 2);
         job_free(got);
 
+        /* An end that knows no start (a tombstone's) keeps the stored one. */
+        j->id = k->id = 0;
+        job_free(k);
+        k = submit(f, "noop", NULL);
+        k->attempts = 1;
+        k->started_at = job_now_ms();
+        assert_int_equal(run_op(f->writer, WOP_START, k), 0);
+        j->id = k->id;
+        j->attempts = 0;
+        j->started_at = 0;
+        j->state = JOB_CANCELLED;
+        j->error = strdup("{\"type\":\"cancelled\",\"message\":\"x\"}");
+        free(j->result);
+        j->result = NULL;
+        j->finished_at = 0;
+        assert_int_equal(run_op(f->writer, WOP_FINISH, j), 0);
+        assert_int_equal(store_get_job(f->reader, k->id, &got), 0);
+        assert_int_equal(got->state, JOB_CANCELLED);
+        assert_int_equal(got->attempts, 1);
+        assert_int_equal(got->started_at, k->started_at);
+        job_free(got);
+
         job_free(j);
         job_free(k);
 }

@@ -16,13 +16,18 @@ UNIT_TESTS = \
 check_PROGRAMS += $(UNIT_TESTS)
 UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) -DFUTURED_BIN=\"$(abs_top_builddir)/futured\"
 UNIT_LDADD = libfutured.a $(DEPS_LIBS) $(CMOCKA_LIBS)
+# the temporary store directory of the tests that open one
+TEMPDB = tests/unit/tempdb.c tests/unit/tempdb.h
 
+tests_unit_test_store_SOURCES = tests/unit/test_store.c $(TEMPDB)
 tests_unit_test_store_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_store_LDADD = $(UNIT_LDADD)
 tests_unit_test_spec_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_spec_LDADD = $(UNIT_LDADD)
+tests_unit_test_scheduler_SOURCES = tests/unit/test_scheduler.c $(TEMPDB)
 tests_unit_test_scheduler_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_scheduler_LDADD = $(UNIT_LDADD)
+tests_unit_test_pools_SOURCES = tests/unit/test_pools.c $(TEMPDB)
 tests_unit_test_pools_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_pools_LDADD = $(UNIT_LDADD)
 tests_unit_test_config_CFLAGS = $(UNIT_CFLAGS)

@@ -34,13 +34,13 @@
 #include "storage/writer.h"
 #include "tasks/exec.h"
 #include "tasks/task.h"
+#include "tests/unit/tempdb.h"
 
 #define WORKERS 2
 #define LONG_N "10000000000"    /* sqrt_sum's largest n: minutes of work */
 
 static struct {
-        char dir[64];
-        char db[96];
+        struct tempdb tmp;
         struct store *store;
         struct store_reader *reader;
         struct writer *writer;
@@ -52,7 +52,6 @@ static struct {
         int64_t finished[64];   /* ids whose end is committed */
         size_t nfinished;
 } t = {
-        .dir = "/tmp/futured-test-pools-XXXXXX",
         .lock = PTHREAD_MUTEX_INITIALIZER,
         .cond = PTHREAD_COND_INITIALIZER,
 };
@@ -255,7 +254,7 @@ static void assert_pool_works(void)
 
 static int setup(void **state)
 {
-        struct store_options so = { .path = t.db, .sync_full = false };
+        struct store_options so = { .path = t.tmp.path, .sync_full = false };
         struct sched_options sco = {
                 .max_pending = 1000,
                 .retry_base = 0.1,
@@ -270,16 +269,15 @@ static int setup(void **state)
         };
         char err[256];
 
-        if (!mkdtemp(t.dir))
+        if (tempdb_make(&t.tmp, "test_pools") < 0)
                 return -1;
         /* Before the pool starts: it hands the settings to its workers. */
         if (exec_configure(&(struct exec_options){ .commands = commands, .n_commands = 2,
-                                                   .work_dir = t.dir },
+                                                   .work_dir = t.tmp.dir },
                            err, sizeof(err)) < 0) {
                 fprintf(stderr, "exec_configure: %s\n", err);
                 return -1;
         }
-        snprintf(t.db, sizeof(t.db), "%s/jobs.db", t.dir);
         if (store_open(&so, &t.store) < 0 || store_reader_open(t.store, &t.reader) < 0 ||
             writer_start(t.store, &t.writer) < 0)
                 return -1;
@@ -292,8 +290,6 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-        char cmd[128];
-
         if (t.sched)
                 sched_drain(t.sched, 0);
         procpool_stop(t.pool);
@@ -302,8 +298,7 @@ static int teardown(void **state)
         store_reader_close(t.reader);
         store_close(t.store);
         exec_cleanup();
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", t.dir);
-        return system(cmd) == 0 ? 0 : -1;
+        return tempdb_remove(&t.tmp);
 }
 
 static void test_frame(void **state)
@@ -449,7 +444,7 @@ static pid_t hang_pid(void)
         char path[128];
         long pid = 0;
 
-        snprintf(path, sizeof(path), "%s/hang.pid", t.dir);
+        snprintf(path, sizeof(path), "%s/hang.pid", t.tmp.dir);
         for (int i = 0; i < 2000 && pid == 0; i++) {
                 FILE *f = fopen(path, "re");
 

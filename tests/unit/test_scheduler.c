@@ -26,6 +26,7 @@
 #include "storage/store.h"
 #include "storage/writer.h"
 #include "tasks/task.h"
+#include "tests/unit/tempdb.h"
 
 #define MAX_FINISHED 64
 #define WAIT_S 30.0
@@ -37,8 +38,7 @@
 #define ITEMS_CHUNK 1000
 
 struct fixture {
-        char dir[64];
-        char path[96];
+        struct tempdb tmp;
         struct store *store;
         struct store_reader *reader;
         struct writer *writer;
@@ -174,10 +174,8 @@ static int setup(void **state)
         pthread_condattr_t attr;
 
         assert_non_null(fx);
-        snprintf(fx->dir, sizeof(fx->dir), "/tmp/futured-test-sched-XXXXXX");
-        assert_non_null(mkdtemp(fx->dir));
-        snprintf(fx->path, sizeof(fx->path), "%s/jobs.db", fx->dir);
-        assert_int_equal(store_open(&(struct store_options) { .path = fx->path }, &fx->store), 0);
+        assert_int_equal(tempdb_make(&fx->tmp, "test_scheduler"), 0);
+        assert_int_equal(store_open(&(struct store_options) { .path = fx->tmp.path }, &fx->store), 0);
         assert_int_equal(store_reader_open(fx->store, &fx->reader), 0);
         assert_int_equal(writer_start(fx->store, &fx->writer), 0);
 
@@ -196,8 +194,6 @@ static int setup(void **state)
 static int teardown(void **state)
 {
         struct fixture *fx = *state;
-        static const char *const suffixes[] = { "", "-wal", "-shm" };
-        char p[128];
 
         if (fx->sched)
                 sched_drain(fx->sched, 0);
@@ -208,11 +204,7 @@ static int teardown(void **state)
         sched_free(fx->sched);
         store_reader_close(fx->reader);
         store_close(fx->store);
-        for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
-                snprintf(p, sizeof(p), "%s%s", fx->path, suffixes[i]);
-                unlink(p);
-        }
-        rmdir(fx->dir);
+        assert_int_equal(tempdb_remove(&fx->tmp), 0);
         free(fx->ended);
         free(fx->taken);
         pthread_cond_destroy(&fx->cond);
@@ -929,7 +921,7 @@ static void mark_running(struct fixture *fx, int64_t first, int64_t last)
 
         snprintf(sql, sizeof(sql), "UPDATE jobs SET state = 'running', attempts = 1 "
                  "WHERE id BETWEEN %lld AND %lld", (long long)first, (long long)last);
-        assert_int_equal(sqlite3_open(fx->path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_open(fx->tmp.path, &db), SQLITE_OK);
         sqlite3_busy_timeout(db, 5000);
         assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
         sqlite3_close(db);

@@ -25,10 +25,10 @@
 #include "storage/job.h"
 #include "storage/store.h"
 #include "storage/writer.h"
+#include "tests/unit/tempdb.h"
 
 struct fixture {
-        char dir[64];
-        char path[96];
+        struct tempdb tmp;
         struct store *store;
         struct writer *writer;
         struct store_reader *reader;
@@ -127,7 +127,7 @@ static void finish(struct fixture *f, struct job *j, enum job_state state)
 
 static void store_up(struct fixture *f)
 {
-        struct store_options o = { .path = f->path, .sync_full = true };
+        struct store_options o = { .path = f->tmp.path, .sync_full = true };
 
         assert_int_equal(store_open(&o, &f->store), 0);
         assert_int_equal(writer_start(f->store, &f->writer), 0);
@@ -149,9 +149,7 @@ static int setup(void **state)
         struct fixture *f = calloc(1, sizeof(*f));
 
         assert_non_null(f);
-        strcpy(f->dir, "/tmp/test_store.XXXXXX");
-        assert_non_null(mkdtemp(f->dir));
-        snprintf(f->path, sizeof(f->path), "%s/jobs.db", f->dir);
+        assert_int_equal(tempdb_make(&f->tmp, "test_store"), 0);
         writer_commit_hook = NULL;
         *state = f;
         return 0;
@@ -160,16 +158,10 @@ static int setup(void **state)
 static int teardown(void **state)
 {
         struct fixture *f = *state;
-        char p[128];
 
         store_down(f);
         writer_commit_hook = NULL;
-        unlink(f->path);
-        snprintf(p, sizeof(p), "%s-wal", f->path);
-        unlink(p);
-        snprintf(p, sizeof(p), "%s-shm", f->path);
-        unlink(p);
-        assert_int_equal(rmdir(f->dir), 0);
+        assert_int_equal(tempdb_remove(&f->tmp), 0);
         free(f);
         return 0;
 }
@@ -197,14 +189,14 @@ static int64_t user_version(const char *path, int set)
 static void test_open_migrate_reopen(void **state)
 {
         struct fixture *f = *state;
-        struct store_options o = { .path = f->path };
+        struct store_options o = { .path = f->tmp.path };
         struct store *s = NULL;
         struct job *j, *got;
 
         store_up(f);
         j = submit(f, "noop", NULL);
         store_down(f);
-        assert_int_equal(user_version(f->path, -1), 2);
+        assert_int_equal(user_version(f->tmp.path, -1), 2);
 
         /* Reopening keeps the data and does not migrate again. */
         store_up(f);
@@ -212,13 +204,13 @@ static void test_open_migrate_reopen(void **state)
         assert_string_equal(got->task, "noop");
         job_free(got);
         store_down(f);
-        assert_int_equal(user_version(f->path, -1), 2);
+        assert_int_equal(user_version(f->tmp.path, -1), 2);
 
         /* A file from a newer futured is refused, not misread. */
-        user_version(f->path, 3);
+        user_version(f->tmp.path, 3);
         assert_int_equal(store_open(&o, &s), -EPROTO);
         assert_null(s);
-        user_version(f->path, 2);
+        user_version(f->tmp.path, 2);
         job_free(j);
 }
 
@@ -633,7 +625,7 @@ static void test_list_count(void **state)
 static void test_recover(void **state)
 {
         struct fixture *f = *state;
-        struct store_options o = { .path = f->path, .sync_full = false };
+        struct store_options o = { .path = f->tmp.path, .sync_full = false };
         struct job *pending, *retry, *spent, *done, *got;
         struct collected c = { .n = 0 };
 
@@ -657,7 +649,7 @@ static void test_recover(void **state)
                 sqlite3 *db;
                 char sql[96];
 
-                assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+                assert_int_equal(sqlite3_open(f->tmp.path, &db), SQLITE_OK);
                 snprintf(sql, sizeof(sql), "UPDATE jobs SET max_attempts = 3 WHERE id = %lld",
                          (long long) retry->id);
                 assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
@@ -986,19 +978,19 @@ static void test_migrate_from_v1(void **state)
         struct batch *b;
         sqlite3 *db;
 
-        assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_open(f->tmp.path, &db), SQLITE_OK);
         assert_int_equal(sqlite3_exec(db, v1_schema, NULL, NULL, NULL), SQLITE_OK);
         sqlite3_close(db);
-        assert_int_equal(user_version(f->path, -1), 1);
+        assert_int_equal(user_version(f->tmp.path, -1), 1);
 
         store_up(f);
-        assert_int_equal(user_version(f->path, -1), 2);
+        assert_int_equal(user_version(f->tmp.path, -1), 2);
         assert_int_equal(store_get_job(f->reader, 1, &got), 0);
         assert_int_equal(got->state, JOB_SUCCEEDED);
         assert_int_equal(got->seq, 1);
         job_free(got);
         b = batch_open(f, 1);
-        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM sqlite_master "
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM sqlite_master "
                                               "WHERE name IN ('jobs_batch_seq', 'jobs_finished', "
                                               "'batches_open', 'batches_finished')"),
                          4);
@@ -1108,8 +1100,8 @@ static void test_batch_abort(void **state)
         assert_int_equal(batch_items(f, b, jobs, 3), 0);
         assert_int_equal(batch_items(f, b, jobs + 3, 3), 0);
         assert_int_equal(batch_op(f, WOP_BATCH_ABORT, b, NULL), 0);
-        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM jobs"), 0);
-        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM batches"), 0);
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM jobs"), 0);
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM batches"), 0);
         assert_int_equal(batch_op(f, WOP_BATCH_ABORT, b, NULL), -ENOENT);
         assert_int_equal(batch_op(f, WOP_BATCH_DELETE, b, NULL), -ENOENT);
         assert_int_equal(batch_items(f, b, jobs, 3), -ENOENT);
@@ -1161,8 +1153,8 @@ static void test_batch_whole(void **state)
         assert_false(bad->sealed);
         for (int i = 0; i < 3; i++)
                 assert_int_equal(dup[i]->id, 0);
-        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM batches"), 1);
-        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM jobs"), 6);
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM batches"), 1);
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM jobs"), 6);
 
         free_items(dup, 3);
         batch_free(bad);
@@ -1417,7 +1409,7 @@ static void test_batch_cancel_delete(void **state)
         batch_free(got);
         assert_int_equal(batch_op(f, WOP_BATCH_DELETE, b, NULL), 0);
         assert_int_equal(store_get_batch(f->reader, b->id, &got), -ENOENT);
-        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM jobs"), 1);
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM jobs"), 1);
         assert_int_equal(batch_op(f, WOP_BATCH_DELETE, b, NULL), -ENOENT);
         assert_int_equal(batch_op(f, WOP_BATCH_CANCEL, b, NULL), -ENOENT);
 
@@ -1467,7 +1459,7 @@ static void test_purge(void **state)
         assert_int_equal(purge(f, cutoff), 4);
         assert_int_equal(store_get_job(f->reader, old_job->id, &gone), -ENOENT);
         assert_int_equal(store_get_batch(f->reader, old_b->id, &got), -ENOENT);
-        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM jobs"), 6);
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM jobs"), 6);
         assert_int_equal(purge(f, cutoff), 0);
         got = get_batch(f, new_b->id);
         batch_free(got);
@@ -1490,8 +1482,8 @@ static void test_purge(void **state)
         assert_int_equal(store_get_batch(f->reader, new_b->id, &got), -ENOENT);
         assert_int_equal(purge(f, cutoff), 0);
         /* What is left: the pending job and the unfinished batch. */
-        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM jobs"), 3);
-        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM batches"), 1);
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM jobs"), 3);
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM batches"), 1);
 
         job_free(old_job);
         job_free(new_job);
@@ -1531,7 +1523,7 @@ static int recovered_batch(int64_t batch, int priority, void *ud)
 static void test_recover_batches(void **state)
 {
         struct fixture *f = *state;
-        struct store_options o = { .path = f->path, .sync_full = true };
+        struct store_options o = { .path = f->tmp.path, .sync_full = true };
         struct batch *b1, *b2, *b3, *done_b, *open_b, *got;
         struct job **j1, **j2, **j3, **jd, **jo, *alone, *job;
         struct recovered rec = { .jobs.n = 0 };
@@ -1581,8 +1573,8 @@ static void test_recover_batches(void **state)
         assert_int_equal(rec.priorities[0], 5);
         assert_int_equal(rec.batches[1], b2->id);
         assert_int_equal(rec.priorities[1], -2);
-        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM batches WHERE sealed = 0"), 0);
-        assert_int_equal(query_int64(f->path, "SELECT count(*) FROM jobs WHERE batch IS NOT NULL "
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM batches WHERE sealed = 0"), 0);
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM jobs WHERE batch IS NOT NULL "
                                               "AND batch NOT IN (SELECT id FROM batches)"),
                          0);
         assert_int_equal(writer_start(f->store, &f->writer), 0);
@@ -1725,7 +1717,7 @@ static off_t file_size(const char *path)
 static void test_checkpointer(void **state)
 {
         struct fixture *f = *state;
-        struct store_options o = { .path = f->path, .sync_full = false };
+        struct store_options o = { .path = f->tmp.path, .sync_full = false };
         struct checkpointer *c;
         struct job **jobs;
         struct batch *b;
@@ -1735,19 +1727,19 @@ static void test_checkpointer(void **state)
         assert_int_equal(store_open(&o, &f->store), 0);
         assert_int_equal(checkpointer_start(f->store, &c), 0);
         assert_int_equal(writer_start(f->store, &f->writer), 0);
-        db0 = file_size(f->path);
+        db0 = file_size(f->tmp.path);
         b = batch_open(f, 0);
         jobs = make_items(b, BENCH_CHUNK);
         /* Some 20 MB of WAL at most, about five times the threshold. */
-        for (int64_t c0 = 0; c0 < 100 && file_size(f->path) < db0 + (1 << 20); c0++) {
+        for (int64_t c0 = 0; c0 < 100 && file_size(f->tmp.path) < db0 + (1 << 20); c0++) {
                 for (size_t i = 0; i < BENCH_CHUNK; i++) {
                         jobs[i]->index = c0 * BENCH_CHUNK + (int64_t) i;
                         jobs[i]->id = 0;
                 }
                 assert_int_equal(batch_items(f, b, jobs, BENCH_CHUNK), 0);
         }
-        assert_true(file_size(f->path) >= db0 + (1 << 20));
-        snprintf(wal, sizeof(wal), "%s-wal", f->path);
+        assert_true(file_size(f->tmp.path) >= db0 + (1 << 20));
+        snprintf(wal, sizeof(wal), "%s-wal", f->tmp.path);
         assert_true(file_size(wal) < (16 << 20));
         assert_int_equal(batch_op(f, WOP_BATCH_ABORT, b, NULL), 0);
         free_items(jobs, BENCH_CHUNK);

@@ -6,9 +6,9 @@
  * ITEMS for each chunk of UPLOAD_CHUNK jobs, SEAL at the end; once anything
  * goes wrong after OPEN, ABORT (after the op in flight is done), so a
  * refused batch leaves nothing. A batch whose items all ended within the
- * first chunk goes in one OPEN that carries them and seals it: one commit. One op is in flight at a time, and the
- * upload holds two chunks: the one the op stores (held) and the one it
- * fills meanwhile (fill). The request is suspended ("parked") only when it
+ * first chunk goes in one OPEN that carries them and seals it: one commit.
+ * One op is in flight at a time, and the upload holds two chunks: the one
+ * the op stores (held) and the one it fills meanwhile (fill). The request is suspended ("parked") only when it
  * cannot go on until the op is done: fill is full, the items ended, or
  * something failed. So an NDJSON upload holds two chunks of jobs and one
  * line, whatever its size, and parsing overlaps the writer's inserts.

@@ -177,7 +177,9 @@ struct writer {
         sqlite3 *db;                    /* the store's; this thread's alone */
         sqlite3_stmt *st[ST__COUNT];
         int64_t seq;                    /* writer thread only */
-        uint64_t txn;                   /* transactions taken, under lock */
+        /* Under lock: stamps ops so an end finds a START it may fold;
+         * one per transaction, and one more past each batch cancel. */
+        uint64_t txn;
         pthread_t thread;
 
         pthread_mutex_t lock;
@@ -974,6 +976,11 @@ static struct wop *take_ops(struct writer *w)
         w->txn++;
         for (size_t n = 1;; n++) {
                 take_op(w, last);
+                /* A batch cancel ends the batch's pending jobs: a START
+                 * before it must be written before it, not folded into
+                 * an end after it. */
+                if (last->type == WOP_BATCH_CANCEL)
+                        w->txn++;
                 if (n == TXN_OPS_MAX || !last->next)
                         break;
                 last = last->next;

@@ -85,8 +85,9 @@ struct wop {
          * START may still be queued. */
         int attempts;
         /* FINISH, REQUEUE: the job's START pushed before it, or NULL. Taken
-         * in the same transaction, the START writes nothing: this op writes
-         * all it would (a noop job's start and end cost one row update). */
+         * in the same transaction with no batch cancel between them, the
+         * START writes nothing: this op writes all it would (a noop job's
+         * start and end cost one row update). */
         struct wop *start;
         /* The writer's: */
         struct wop *next;       /* queue link */

@@ -1162,6 +1162,43 @@ static void test_batch_whole(void **state)
         batch_free(b);
 }
 
+/* A batch cancel between a START and its end: the START is written, so
+ * the cancel leaves the running job to its end, which keeps the run's
+ * attempts and start. */
+static void test_fold_stops_at_batch_cancel(void **state)
+{
+        struct fixture *f = *state;
+        struct job **jobs, *j, *got;
+        struct batch *b;
+        struct wop ops[3];
+
+        store_up(f);
+        b = upload(f, 1, 1, &jobs);
+        j = jobs[0];
+        j->attempts = 1;
+        j->started_at = job_now_ms() - 5;
+        op_init(&ops[0], WOP_START, j, NULL);
+        ops[1] = (struct wop) { .type = WOP_BATCH_CANCEL, .batch = b };
+        j->state = JOB_CANCELLED;
+        j->error = strdup("{\"type\":\"cancelled\",\"message\":\"cancelled by request\"}");
+        op_init(&ops[2], WOP_FINISH, j, NULL);
+        ops[2].start = &ops[0];
+        run_together(f, ops, 3);
+
+        assert_false(ops[0].skip);
+        assert_int_equal(ops[0].result, 0);
+        assert_int_equal(ops[1].result, 0);
+        assert_int_equal(ops[1].count, 0);
+        assert_int_equal(ops[2].result, 0);
+        assert_int_equal(store_get_job(f->reader, j->id, &got), 0);
+        assert_int_equal(got->state, JOB_CANCELLED);
+        assert_int_equal(got->attempts, 1);
+        assert_int_equal(got->started_at, j->started_at);
+        job_free(got);
+        free_items(jobs, 1);
+        batch_free(b);
+}
+
 static void test_batch_finish_counts(void **state)
 {
         struct fixture *f = *state;
@@ -1768,6 +1805,7 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_batch_upload, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_abort, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_whole, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_fold_stops_at_batch_cancel, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_finish_counts, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_results, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_pending, setup, teardown),

@@ -8,10 +8,11 @@
  * refused batch leaves nothing. A batch whose items all ended within the
  * first chunk goes in one OPEN that carries them and seals it: one commit.
  * One op is in flight at a time, and the upload holds two chunks: the one
- * the op stores (held) and the one it fills meanwhile (fill). The request is suspended ("parked") only when it
- * cannot go on until the op is done: fill is full, the items ended, or
- * something failed. So an NDJSON upload holds two chunks of jobs and one
- * line, whatever its size, and parsing overlaps the writer's inserts.
+ * the op stores (held) and the one it fills meanwhile (fill). The request
+ * is suspended ("parked") only when it cannot go on until the op is done:
+ * fill is full, the items ended, or something failed. So an NDJSON upload
+ * holds two chunks of jobs and one line, whatever its size, and parsing
+ * overlaps the writer's inserts.
  *
  * The op's state (enum flight) is the handshake with done(), which runs on
  * the writer thread while the MHD thread may still be taking items. The

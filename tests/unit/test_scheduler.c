@@ -1127,10 +1127,12 @@ static void test_batch_limit_rate(void **state)
         assert_true(wait_until(fx, finished_count, &n));
         limit_pool_stop(&lp);
 
-        /* 39 gaps of 50 ms */
+        /* 39 gaps of 50 ms. A gap is measured by the takers, so a taker
+         * woken late for one job makes the next gap look short: half a
+         * gap still tells spacing from a burst. */
         span = lp.last - lp.first;
         assert_true(span > 1.95 * 0.9 && span < 1.95 * 1.1);
-        assert_true(lp.min_gap > 0.045);
+        assert_true(lp.min_gap > 0.025);
         assert_batch_ended(fx, NULL, 0);
 }
 

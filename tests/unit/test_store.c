@@ -301,16 +301,31 @@ static int gate_hook(void)
         return 0;
 }
 
+/* The gate for the first commit, then one failed commit: the transaction
+ * after the held one is rolled back and retried. */
+static atomic_int hook_calls;
+
+static int gate_then_fail_once(void)
+{
+        int n = ++hook_calls;
+
+        if (n == 1)
+                return gate_hook();
+        return n == 2 ? -ENOSPC : 0;
+}
+
 /* Runs ops[0..n) in one transaction, in order: the writer is held in the
- * commit of a submission of its own while they queue behind it. */
-static void run_together(struct fixture *f, struct wop *ops, size_t n)
+ * commit of a submission of its own (by hook, which must call gate_hook()
+ * first; NULL: gate_hook) while they queue behind it. */
+static void run_together_hooked(struct fixture *f, struct wop *ops, size_t n, int (*hook)(void))
 {
         struct job *x = make_job("noop", NULL);
         struct waiter wt;
         struct wop hold;
 
         gate.entered = gate.open = false;
-        writer_commit_hook = gate_hook;
+        hook_calls = 0;
+        writer_commit_hook = hook ? hook : gate_hook;
         waiter_init(&wt, n + 1);
         op_init(&hold, WOP_SUBMIT, x, &wt);
         writer_push(f->writer, &hold);
@@ -331,6 +346,11 @@ static void run_together(struct fixture *f, struct wop *ops, size_t n)
         writer_commit_hook = NULL;
         assert_int_equal(hold.result, 0);
         job_free(x);
+}
+
+static void run_together(struct fixture *f, struct wop *ops, size_t n)
+{
+        run_together_hooked(f, ops, n, NULL);
 }
 
 static void test_key_conflict(void **state)
@@ -1162,6 +1182,50 @@ static void test_batch_whole(void **state)
         batch_free(b);
 }
 
+/* A REQUEUE folds its START in like a FINISH, and a fold survives its
+ * transaction's rollback and retry. */
+static void test_start_folded_requeue_retry(void **state)
+{
+        struct fixture *f = *state;
+        struct job *j, *k, *got;
+        struct wop ops[4];
+
+        store_up(f);
+        j = submit(f, "noop", NULL);
+        k = submit(f, "noop", NULL);
+        j->attempts = k->attempts = 1;
+        j->started_at = k->started_at = job_now_ms() - 5;
+        op_init(&ops[0], WOP_START, j, NULL);
+        op_init(&ops[1], WOP_START, k, NULL);
+        j->ready_at = job_now_ms() + 60000;
+        op_init(&ops[2], WOP_REQUEUE, j, NULL);
+        ops[2].start = &ops[0];
+        k->state = JOB_SUCCEEDED;
+        k->result = strdup("2");
+        op_init(&ops[3], WOP_FINISH, k, NULL);
+        ops[3].start = &ops[1];
+        run_together_hooked(f, ops, 4, gate_then_fail_once);
+
+        assert_int_equal(hook_calls, 3);
+        for (int i = 0; i < 4; i++)
+                assert_int_equal(ops[i].result, 0);
+        assert_true(ops[0].skip && ops[1].skip);
+        assert_int_equal(store_get_job(f->reader, j->id, &got), 0);
+        assert_int_equal(got->state, JOB_PENDING);
+        assert_int_equal(got->attempts, 1);
+        assert_int_equal(got->started_at, j->started_at);
+        assert_int_equal(got->ready_at, j->ready_at);
+        job_free(got);
+        assert_int_equal(store_get_job(f->reader, k->id, &got), 0);
+        assert_int_equal(got->state, JOB_SUCCEEDED);
+        assert_int_equal(got->attempts, 1);
+        assert_int_equal(got->started_at, k->started_at);
+        assert_int_equal(got->seq, k->seq);
+        job_free(got);
+        job_free(j);
+        job_free(k);
+}
+
 /* A batch cancel between a START and its end: the START is written, so
  * the cancel leaves the running job to its end, which keeps the run's
  * attempts and start. */
@@ -1806,6 +1870,7 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_batch_abort, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_whole, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_fold_stops_at_batch_cancel, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_start_folded_requeue_retry, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_finish_counts, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_results, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_pending, setup, teardown),

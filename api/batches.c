@@ -332,11 +332,11 @@ static bool upload_push_next(struct upload *u, bool ending)
                 u->fill = c;
         }
         if (!u->open) {
-                if (u->held->n_jobs == 0 && !ending)
-                        return false;
                 /* every item in held: the whole batch in one commit */
                 bool whole = ending && u->held->n_jobs > 0 && (int64_t) u->held->n_jobs == u->items;
 
+                if (u->held->n_jobs == 0 && !ending)
+                        return false;
                 if (whole)
                         u->batch->size = u->items;
                 upload_push(u, WOP_BATCH_OPEN, whole);

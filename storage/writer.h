@@ -22,10 +22,11 @@
 enum wop_type {
         WOP_SUBMIT,     /* insert job; fills job->id, job->created_at */
         WOP_START,      /* job->id now running: attempts, started_at */
-        WOP_FINISH,     /* job->id finished: state, result, error, finished_at,
-                         * attempts, started_at; fills job->seq; a batch job
-                         * also counts in its batch */
-        WOP_REQUEUE,    /* job->id back to pending: attempts, ready_at, started_at */
+        WOP_FINISH,     /* job->id finished: state, result, error, finished_at
+                         * (and its START's fields when folded: op->start);
+                         * fills job->seq; a batch job also counts in its batch */
+        WOP_REQUEUE,    /* job->id back to pending: attempts, ready_at (and
+                         * started_at when its START is folded) */
         WOP_DELETE,     /* forget finished job->id */
         /* Batches (storage/batch.h), all through op->batch: */
         WOP_BATCH_OPEN,         /* insert unsealed; fills batch->id, created_at.

@@ -178,7 +178,8 @@ class HttpTest(FakeAPITestCase):
                 r = self.daemon.request("POST", "/v1/jobs/%s/cancel" % job["id"])
                 self.assertIn(r.status, (200, 202), r)
                 j = self.daemon.wait(job["id"], timeout=5)
-                self.assertLess(time.monotonic() - t0, 1.0)
+                # the call takes 20 s unless the cancel aborts it
+                self.assertLess(time.monotonic() - t0, 3.0)
                 self.assertEqual(j["state"], "cancelled", j)
 
 

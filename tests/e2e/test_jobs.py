@@ -153,7 +153,9 @@ class TestJobs(JobShape, DaemonTestCase):
                 r = d.request("GET", "/v1/jobs/%s?wait=10" % j["id"])
                 self.assertEqual(r.status, 200, r)
                 self.assertEqual(r.json, j)
-                self.assertLess(time.monotonic() - t0, 0.5)
+                # at once, not after the 10 s asked: loose for a sanitizer
+                # build on a busy machine
+                self.assertLess(time.monotonic() - t0, 2.0)
 
         def test_starmap_args(self):
                 d = self.daemon

@@ -387,6 +387,28 @@ static void test_key_conflict(void **state)
         job_free(d);
 }
 
+/* Two stored jobs in their first run: *ret_j and *ret_k (the caller's),
+ * their STARTs made in starts[0] and [1], not pushed. */
+static void start_two(struct fixture *f, struct job **ret_j, struct job **ret_k,
+                      struct wop starts[2])
+{
+        struct job *j = submit(f, "noop", NULL), *k = submit(f, "noop", NULL);
+
+        j->attempts = k->attempts = 1;
+        j->started_at = k->started_at = job_now_ms() - 5;
+        op_init(&starts[0], WOP_START, j, NULL);
+        op_init(&starts[1], WOP_START, k, NULL);
+        *ret_j = j;
+        *ret_k = k;
+}
+
+/* The end (FINISH or REQUEUE) of j's run whose START is start. */
+static void end_init(struct wop *op, enum wop_type type, struct job *j, struct wop *start)
+{
+        op_init(op, type, j, NULL);
+        op->start = start;
+}
+
 /* A START and the end of its run in one transaction: the end writes what
  * the START would have, so the START is skipped; when the end fails alone,
  * the START is written after all. */
@@ -397,22 +419,15 @@ static void test_start_folded(void **state)
         struct wop ops[4];
 
         store_up(f);
-        j = submit(f, "noop", NULL);
-        k = submit(f, "noop", NULL);
-        j->attempts = k->attempts = 1;
-        j->started_at = k->started_at = job_now_ms() - 5;
-        op_init(&ops[0], WOP_START, j, NULL);
-        op_init(&ops[1], WOP_START, k, NULL);
+        start_two(f, &j, &k, ops);
         j->state = JOB_SUCCEEDED;
         j->result = strdup("1");
         j->finished_at = job_now_ms();
-        op_init(&ops[2], WOP_FINISH, j, NULL);
-        ops[2].start = &ops[0];
+        end_init(&ops[2], WOP_FINISH, j, &ops[0]);
         /* pending is no end: the schema refuses it, this op alone */
         k->state = JOB_PENDING;
         k->finished_at = job_now_ms();
-        op_init(&ops[3], WOP_FINISH, k, NULL);
-        ops[3].start = &ops[1];
+        end_init(&ops[3], WOP_FINISH, k, &ops[1]);
         run_together(f, ops, 4);
 
         assert_int_equal(ops[0].result, 0);
@@ -441,8 +456,7 @@ static void test_start_folded(void **state)
         assert_int_equal(run_wop(f->writer, &ops[1]), 0);
         k->state = JOB_FAILED;
         k->error = strdup("{\"type\":\"x\",\"message\":\"y\"}");
-        op_init(&ops[3], WOP_FINISH, k, NULL);
-        ops[3].start = &ops[1];
+        end_init(&ops[3], WOP_FINISH, k, &ops[1]);
         assert_int_equal(run_wop(f->writer, &ops[3]), 0);
         assert_false(ops[1].skip);
         assert_int_equal(store_get_job(f->reader, k->id, &got), 0);
@@ -1191,19 +1205,12 @@ static void test_start_folded_requeue_retry(void **state)
         struct wop ops[4];
 
         store_up(f);
-        j = submit(f, "noop", NULL);
-        k = submit(f, "noop", NULL);
-        j->attempts = k->attempts = 1;
-        j->started_at = k->started_at = job_now_ms() - 5;
-        op_init(&ops[0], WOP_START, j, NULL);
-        op_init(&ops[1], WOP_START, k, NULL);
+        start_two(f, &j, &k, ops);
         j->ready_at = job_now_ms() + 60000;
-        op_init(&ops[2], WOP_REQUEUE, j, NULL);
-        ops[2].start = &ops[0];
+        end_init(&ops[2], WOP_REQUEUE, j, &ops[0]);
         k->state = JOB_SUCCEEDED;
         k->result = strdup("2");
-        op_init(&ops[3], WOP_FINISH, k, NULL);
-        ops[3].start = &ops[1];
+        end_init(&ops[3], WOP_FINISH, k, &ops[1]);
         run_together_hooked(f, ops, 4, gate_then_fail_once);
 
         assert_int_equal(hook_calls, 3);
@@ -1245,8 +1252,7 @@ static void test_fold_stops_at_batch_cancel(void **state)
         ops[1] = (struct wop) { .type = WOP_BATCH_CANCEL, .batch = b };
         j->state = JOB_CANCELLED;
         j->error = strdup("{\"type\":\"cancelled\",\"message\":\"cancelled by request\"}");
-        op_init(&ops[2], WOP_FINISH, j, NULL);
-        ops[2].start = &ops[0];
+        end_init(&ops[2], WOP_FINISH, j, &ops[0]);
         run_together(f, ops, 3);
 
         assert_false(ops[0].skip);

@@ -15,6 +15,10 @@
  * around its idle checkpoint. */
 #define STORE_BUSY_TIMEOUT_MS 5000
 
+/* WAL bytes the store writes ahead of use when it opens: more than the WAL
+ * reaches between two restarts (storage/checkpoint.c keeps it near 8 MiB). */
+#define STORE_WAL_PREALLOCATE (16 << 20)
+
 sqlite3 *store_db(struct store *s);
 /* Another read-write connection to the store's file (*ret the caller's). */
 int store_open_connection(struct store *s, sqlite3 **ret);

@@ -51,6 +51,7 @@ struct fixture {
         size_t nfinished;                       /* all, batch chunks aside */
         size_t nchunks;                         /* on_finished(0, batch) */
         unsigned commits;
+        bool fail_commits;                      /* the disk refuses every commit */
         /* The batch under test: its ids are base .. base + n - 1. */
         int64_t batch;
         int64_t base;
@@ -74,11 +75,22 @@ static struct fixture *current;
 
 static int commit_hook(void)
 {
+        bool fail;
+
         pthread_mutex_lock(&current->lock);
-        current->commits++;
+        fail = current->fail_commits;
+        if (!fail)
+                current->commits++;
         pthread_cond_broadcast(&current->cond);
         pthread_mutex_unlock(&current->lock);
-        return 0;
+        return fail ? -ENOSPC : 0;
+}
+
+static void set_fail_commits(struct fixture *fx, bool fail)
+{
+        pthread_mutex_lock(&fx->lock);
+        fx->fail_commits = fail;
+        pthread_mutex_unlock(&fx->lock);
 }
 
 /* Runs on the writer thread: no cmocka assert here, the test checks the
@@ -674,6 +686,14 @@ static bool io_pending(struct fixture *fx, const void *arg)
         return st.pending[JOB_KIND_IO] == *(const size_t *)arg;
 }
 
+static bool io_pending_at_least(struct fixture *fx, const void *arg)
+{
+        struct sched_stats st;
+
+        sched_get_stats(fx->sched, &st);
+        return st.pending[JOB_KIND_IO] >= *(const size_t *)arg;
+}
+
 /* Threads that take io jobs and succeed them at once, noting what the
  * scheduler held after each take. */
 struct fake_pool {
@@ -1262,6 +1282,50 @@ static void test_batch_limit_cancel(void **state)
         wait_finished(fx, fx->base + 1);
 }
 
+/* A cancel the store refuses leaves no job pending for good: the batch is
+ * fed again from its start, past the job still running, and runs. */
+static void test_batch_cancel_failed(void **state)
+{
+        struct fixture *fx = *state;
+        struct sched_batch_cancel c = { .done = batch_cancel_done, .userdata = fx };
+        size_t n = 3000, page = PAGE, refed = PAGE - 1;
+        struct fake_pool fp;
+        struct sched_job *sj;
+        struct batch *b;
+        int64_t first;
+
+        start_sched(fx, 100);
+        store_batch(fx, n, 0);
+        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
+        assert_true(wait_until(fx, io_pending, &page));
+        sj = sched_take(fx->sched, JOB_KIND_IO, no_interrupt, NULL);
+        assert_non_null(sj);
+        first = sched_job_job(sj)->id;
+        assert_int_equal(first, fx->base);
+
+        set_fail_commits(fx, true);
+        c.batch = fx->batch;
+        assert_int_equal(sched_cancel_batch(fx->sched, &c), 0);
+        assert_true(wait_until(fx, batch_cancelled, NULL));
+        assert_int_equal(c.result, -EIO);
+        set_fail_commits(fx, false);
+
+        /* a page again, which skips the running job if its START is not
+         * stored yet */
+        assert_true(wait_until(fx, io_pending_at_least, &refed));
+        finish_success(fx, sj);
+        wait_finished(fx, first);
+        fake_pool_start(&fp, fx, 2);
+        assert_true(wait_until(fx, finished_count, &n));
+        fake_pool_stop(&fp);
+
+        assert_batch_ended(fx, &first, 1);
+        b = stored_batch(fx);
+        assert_int_equal(b->counts[JOB_CANCELLED], 1);
+        assert_int_equal(b->counts[JOB_SUCCEEDED], n - 1);
+        batch_free(b);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -1284,6 +1348,7 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_host_concurrency, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_host_rate, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_limit_cancel, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_cancel_failed, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

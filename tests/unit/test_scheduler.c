@@ -694,6 +694,16 @@ static bool io_pending_at_least(struct fixture *fx, const void *arg)
         return st.pending[JOB_KIND_IO] >= *(const size_t *)arg;
 }
 
+/* A batch of n jobs stored, handed to the scheduler and fed a first page. */
+static void store_batch_fed(struct fixture *fx, size_t n)
+{
+        size_t page = PAGE;
+
+        store_batch(fx, n, 0);
+        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
+        assert_true(wait_until(fx, io_pending, &page));
+}
+
 /* Threads that take io jobs and succeed them at once, noting what the
  * scheduler held after each take. */
 struct fake_pool {
@@ -767,15 +777,13 @@ static void test_batch_runs_in_order(void **state)
 {
         struct fixture *fx = *state;
         struct fake_pool fp;
-        size_t n = 5000, page = PAGE, all = n + 1;
+        size_t n = 5000, all = n + 1;
         struct batch *b;
         int64_t lone;
 
         /* batch jobs do not count toward max_pending */
         start_sched(fx, 1);
-        store_batch(fx, n, 0);
-        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
-        assert_true(wait_until(fx, io_pending, &page));
+        store_batch_fed(fx, n);
         lone = submit(fx, make_job("noop", "{}", 10, 1, 9));
 
         fake_pool_start(&fp, fx, 1);
@@ -798,15 +806,13 @@ static void test_batch_cancel_unloaded(void **state)
 {
         struct fixture *fx = *state;
         struct fake_pool fp;
-        size_t n = 3000, page = PAGE;
+        size_t n = 3000;
         int64_t far, near;
         struct batch *b;
         struct job *j;
 
         start_sched(fx, 100);
-        store_batch(fx, n, 0);
-        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
-        assert_true(wait_until(fx, io_pending, &page));
+        store_batch_fed(fx, n);
         far = fx->base + 2000;
         near = fx->base + 10;
 
@@ -861,7 +867,7 @@ static void finish_success(struct fixture *fx, struct sched_job *sj)
 static void test_batch_cancel_while_running(void **state)
 {
         struct fixture *fx = *state;
-        size_t n = WRITER_CHUNK + 2000, page = PAGE, zero = 0;
+        size_t n = WRITER_CHUNK + 2000, zero = 0;
         struct sched_batch_cancel c = { .done = batch_cancel_done, .userdata = fx };
         struct sched_job *sj[3];
         int64_t id[3];
@@ -869,9 +875,7 @@ static void test_batch_cancel_while_running(void **state)
         struct job *j;
 
         start_sched(fx, 100);
-        store_batch(fx, n, 0);
-        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
-        assert_true(wait_until(fx, io_pending, &page));
+        store_batch_fed(fx, n);
         for (int i = 0; i < 3; i++) {
                 sj[i] = sched_take(fx->sched, JOB_KIND_IO, no_interrupt, NULL);
                 assert_non_null(sj[i]);
@@ -1288,16 +1292,14 @@ static void test_batch_cancel_failed(void **state)
 {
         struct fixture *fx = *state;
         struct sched_batch_cancel c = { .done = batch_cancel_done, .userdata = fx };
-        size_t n = 3000, page = PAGE, refed = PAGE - 1;
+        size_t n = 3000, refed = PAGE - 1;
         struct fake_pool fp;
         struct sched_job *sj;
         struct batch *b;
         int64_t first;
 
         start_sched(fx, 100);
-        store_batch(fx, n, 0);
-        assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
-        assert_true(wait_until(fx, io_pending, &page));
+        store_batch_fed(fx, n);
         sj = sched_take(fx->sched, JOB_KIND_IO, no_interrupt, NULL);
         assert_non_null(sj);
         first = sched_job_job(sj)->id;

@@ -704,16 +704,47 @@ static void store_batch_fed(struct fixture *fx, size_t n)
         assert_true(wait_until(fx, io_pending, &page));
 }
 
-/* Threads that take io jobs and succeed them at once, noting what the
- * scheduler held after each take. */
+/* Threads that take io jobs, hold each for hold_ms of "work" and succeed
+ * it, noting under fx->lock what the scheduler held after each take, how
+ * many ran at once and when each was taken. */
+#define FAKE_THREADS_MAX 16
+
 struct fake_pool {
         struct fixture *fx;
-        pthread_t threads[4];
+        pthread_t threads[FAKE_THREADS_MAX];
         size_t nthreads;
+        long hold_ms;
         size_t max_loaded;      /* ready and delayed */
         int64_t last;           /* the batch job taken last */
         bool in_order;          /* each batch job taken after those before it */
+        size_t in_flight;
+        size_t max_in_flight;
+        size_t ntaken;
+        double first_at, last_at;       /* monotonic seconds of the first and last take */
+        double min_gap;                 /* between consecutive takes */
 };
+
+/* Under fx->lock: notes the take of id at t with loaded jobs left. */
+static void fake_pool_note(struct fake_pool *fp, int64_t id, double t, size_t loaded)
+{
+        struct fixture *fx = fp->fx;
+
+        if (loaded > fp->max_loaded)
+                fp->max_loaded = loaded;
+        if (id >= fx->base && id < fx->base + (int64_t)fx->n) {
+                fx->taken[id - fx->base]++;
+                if (id <= fp->last)
+                        fp->in_order = false;
+                fp->last = id;
+        }
+        if (fp->ntaken++ == 0)
+                fp->first_at = t;
+        else if (t - fp->last_at < fp->min_gap)
+                fp->min_gap = t - fp->last_at;
+        fp->last_at = t;
+        if (++fp->in_flight > fp->max_in_flight)
+                fp->max_in_flight = fp->in_flight;
+}
 
 static void *fake_pool_main(void *arg)
 {
@@ -723,32 +754,39 @@ static void *fake_pool_main(void *arg)
 
         while ((sj = sched_take(fx->sched, JOB_KIND_IO, no_interrupt, NULL))) {
                 struct sched_outcome o = { .result = json_object() };
+                struct timespec hold = { .tv_nsec = fp->hold_ms * 1000000L };
                 int64_t id = sched_job_job(sj)->id;
+                double t = now_s();
                 struct sched_stats st;
-                size_t loaded;
 
                 sched_get_stats(fx->sched, &st);
-                loaded = st.pending[JOB_KIND_IO] + st.delayed;
                 pthread_mutex_lock(&fx->lock);
-                if (loaded > fp->max_loaded)
-                        fp->max_loaded = loaded;
-                if (id >= fx->base && id < fx->base + (int64_t)fx->n) {
-                        fx->taken[id - fx->base]++;
-                        if (id <= fp->last)
-                                fp->in_order = false;
-                        fp->last = id;
-                }
+                fake_pool_note(fp, id, t, st.pending[JOB_KIND_IO] + st.delayed);
+                pthread_mutex_unlock(&fx->lock);
+                if (fp->hold_ms > 0)
+                        nanosleep(&hold, NULL);
+                pthread_mutex_lock(&fx->lock);
+                fp->in_flight--;
                 pthread_mutex_unlock(&fx->lock);
                 sched_finish(fx->sched, sj, &o);
         }
         return NULL;
 }
 
-static void fake_pool_start(struct fake_pool *fp, struct fixture *fx, size_t threads)
+static void fake_pool_start_holding(struct fake_pool *fp, struct fixture *fx, size_t threads,
+                                    long hold_ms)
 {
-        *fp = (struct fake_pool) { .fx = fx, .nthreads = threads, .in_order = true };
+        assert_true(threads <= FAKE_THREADS_MAX && hold_ms < 1000);
+        *fp = (struct fake_pool) {
+                .fx = fx, .nthreads = threads, .hold_ms = hold_ms, .in_order = true, .min_gap = 1e9,
+        };
         for (size_t i = 0; i < threads; i++)
                 assert_int_equal(pthread_create(&fp->threads[i], NULL, fake_pool_main, fp), 0);
+}
+
+static void fake_pool_start(struct fake_pool *fp, struct fixture *fx, size_t threads)
+{
+        fake_pool_start_holding(fp, fx, threads, 0);
 }
 
 static void fake_pool_stop(struct fake_pool *fp)
@@ -1058,105 +1096,47 @@ static void test_batch_cancel_racing(void **state)
 
 /* ---- limits ---- */
 
-/* Threads that take io jobs and hold each for HOLD_MS of "work", noting
- * how many ran at once and when each started. */
+/* The pool the limit tests run on: more threads than any limit. */
 #define LIMIT_THREADS 16
 #define HOLD_MS 5
-
-struct limit_pool {
-        struct fixture *fx;
-        pthread_t threads[LIMIT_THREADS];
-        size_t in_flight;
-        size_t max_in_flight;
-        double first, last;     /* monotonic seconds of the first and last take */
-        double min_gap;         /* between consecutive takes */
-        size_t ntaken;
-};
-
-static void *limit_pool_main(void *arg)
-{
-        struct limit_pool *lp = arg;
-        struct fixture *fx = lp->fx;
-        struct sched_job *sj;
-
-        while ((sj = sched_take(fx->sched, JOB_KIND_IO, no_interrupt, NULL))) {
-                struct sched_outcome o = { .result = json_object() };
-                struct timespec hold = { .tv_nsec = HOLD_MS * 1000000L };
-                int64_t id = sched_job_job(sj)->id;
-                double t = now_s();
-
-                pthread_mutex_lock(&fx->lock);
-                if (id >= fx->base && id < fx->base + (int64_t)fx->n)
-                        fx->taken[id - fx->base]++;
-                if (lp->ntaken++ == 0)
-                        lp->first = t;
-                else if (t - lp->last < lp->min_gap)
-                        lp->min_gap = t - lp->last;
-                lp->last = t;
-                if (++lp->in_flight > lp->max_in_flight)
-                        lp->max_in_flight = lp->in_flight;
-                pthread_mutex_unlock(&fx->lock);
-                /* the run's work */
-                nanosleep(&hold, NULL);
-                pthread_mutex_lock(&fx->lock);
-                lp->in_flight--;
-                pthread_mutex_unlock(&fx->lock);
-                sched_finish(fx->sched, sj, &o);
-        }
-        return NULL;
-}
-
-static void limit_pool_start(struct limit_pool *lp, struct fixture *fx)
-{
-        *lp = (struct limit_pool) { .fx = fx, .min_gap = 1e9 };
-        for (size_t i = 0; i < LIMIT_THREADS; i++)
-                assert_int_equal(pthread_create(&lp->threads[i], NULL, limit_pool_main, lp), 0);
-}
-
-static void limit_pool_stop(struct limit_pool *lp)
-{
-        sched_drain(lp->fx->sched, 1);
-        for (size_t i = 0; i < LIMIT_THREADS; i++)
-                pthread_join(lp->threads[i], NULL);
-}
 
 static void test_batch_limit_concurrency(void **state)
 {
         struct fixture *fx = *state;
-        struct limit_pool lp;
+        struct fake_pool fp;
         size_t n = 200;
 
         start_sched(fx, 100);
         store_limited_batch(fx, n, 0, "{\"concurrency\":4}");
-        limit_pool_start(&lp, fx);
+        fake_pool_start_holding(&fp, fx, LIMIT_THREADS, HOLD_MS);
         assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
         assert_true(wait_until(fx, finished_count, &n));
-        limit_pool_stop(&lp);
+        fake_pool_stop(&fp);
 
-        assert_int_equal(lp.max_in_flight, 4);
+        assert_int_equal(fp.max_in_flight, 4);
         assert_batch_ended(fx, NULL, 0);
 }
 
 static void test_batch_limit_rate(void **state)
 {
         struct fixture *fx = *state;
-        struct limit_pool lp;
+        struct fake_pool fp;
         size_t n = 40;
         double span;
 
         start_sched(fx, 100);
         store_limited_batch(fx, n, 0, "{\"per_second\":20}");
-        limit_pool_start(&lp, fx);
+        fake_pool_start_holding(&fp, fx, LIMIT_THREADS, HOLD_MS);
         assert_int_equal(sched_add_batch(fx->sched, fx->batch, 0), 0);
         assert_true(wait_until(fx, finished_count, &n));
-        limit_pool_stop(&lp);
+        fake_pool_stop(&fp);
 
         /* 39 gaps of 50 ms. A gap is measured by the takers, so a taker
          * woken late for one job makes the next gap look short: half a
          * gap still tells spacing from a burst. */
-        span = lp.last - lp.first;
+        span = fp.last_at - fp.first_at;
         assert_true(span > 1.95 * 0.9 && span < 1.95 * 1.1);
-        assert_true(lp.min_gap > 0.025);
+        assert_true(fp.min_gap > 0.025);
         assert_batch_ended(fx, NULL, 0);
 }
 

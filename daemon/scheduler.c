@@ -35,10 +35,8 @@
  * - Closed (a short page came, or the batch was cancelled): nothing more
  *   is read; the record goes once nothing of it is held. A batch cancel
  *   drops its queued jobs (pending in the store, where WOP_BATCH_CANCEL
- *   ends them) and cancels its others one by one. When the store fails
- *   the cancel, the batch is fed again from its start (jobs in the map are
- *   skipped), so that what is still pending runs rather than waits for a
- *   restart; a page being read meanwhile is stale and dropped.
+ *   ends them: the writer retries it until it is stored, since nothing
+ *   here would load them again) and cancels its others one by one.
  * - Batch jobs do not count toward max_pending; the pages bound them.
  *   Batches are few next to jobs: they are found by a walk of a list.
  *
@@ -213,8 +211,6 @@ struct batch_cancel {
         struct sched *sched;
         struct sched_batch_cancel *c;
         struct batch batch;
-        bool fed;                       /* the batch was being fed when cancelled */
-        int priority;                   /* its priority then */
 };
 
 /* ---- heaps ---- */
@@ -1065,11 +1061,10 @@ static int load_job(struct sched *s, struct sched_batch *b, struct job *j, const
         return 0;
 }
 
-/* Under the lock: the page read after `after` with at most limit jobs
- * (r: the read's result) goes in, unless the batch was closed or rewound
- * or the scheduler stopped meanwhile. A job already in the map is a
- * tombstone. */
-static void feed_insert(struct sched *s, struct sched_batch *b, int64_t after, int limit, int r)
+/* Under the lock: the page read after cursor with at most limit jobs
+ * (r: the read's result) goes in, unless the batch was closed or the
+ * scheduler stopped meanwhile. A job already in the map is a tombstone. */
+static void feed_insert(struct sched *s, struct sched_batch *b, int limit, int r)
 {
         size_t i = 0;
 
@@ -1077,7 +1072,7 @@ static void feed_insert(struct sched *s, struct sched_batch *b, int64_t after, i
                 log_errno(LOG_ERR, r, "batch %lld: cannot read its pending jobs", (long long)b->id);
                 s->feed_paused = true;
                 s->feed_resume = monotonic_after(FEED_RETRY_S);
-        } else if (!s->stopping && !b->closed && b->cursor == after) {
+        } else if (!s->stopping && !b->closed) {
                 for (; i < s->page_n; i++) {
                         struct job *j = s->page[i];
                         int64_t id = j->id;
@@ -1163,7 +1158,7 @@ static void feed_batch(struct sched *s, struct sched_batch *b)
         pthread_mutex_lock(&s->lock);
         if (r == 0 && read_limits)
                 r = batch_set_limits(b, concurrency, per_second);
-        feed_insert(s, b, after, limit, r);
+        feed_insert(s, b, limit, r);
 }
 
 static void *feeder_main(void *userdata)
@@ -1435,37 +1430,27 @@ int sched_cancel(struct sched *s, int64_t id, int64_t batch)
         return r;
 }
 
-/* Under the lock: feeds the batch, from its start when rewind (a record
- * already there is otherwise left as it is). */
-static int batch_open(struct sched *s, int64_t batch, int priority, bool rewind)
-{
-        struct sched_batch *b = batch_find(s, batch);
-
-        if (b && !rewind)
-                return 0;
-        if (!b) {
-                b = calloc(1, sizeof(*b));
-                if (!b)
-                        return -ENOMEM;
-                b->id = batch;
-                b->priority = priority;
-                b->next = s->batches;
-                if (s->batches)
-                        s->batches->prev = b;
-                s->batches = b;
-        }
-        b->closed = false;
-        b->cursor = 0;
-        batch_settle(s, b);
-        return 0;
-}
-
 int sched_add_batch(struct sched *s, int64_t batch, int priority)
 {
-        int r;
+        struct sched_batch *b;
+        int r = 0;
 
         pthread_mutex_lock(&s->lock);
-        r = batch_open(s, batch, priority, false);
+        if (batch_find(s, batch))
+                goto out;
+        b = calloc(1, sizeof(*b));
+        if (!b) {
+                r = -ENOMEM;
+                goto out;
+        }
+        b->id = batch;
+        b->priority = priority;
+        b->next = s->batches;
+        if (s->batches)
+                s->batches->prev = b;
+        s->batches = b;
+        batch_settle(s, b);
+out:
         pthread_mutex_unlock(&s->lock);
         return r;
 }
@@ -1502,14 +1487,12 @@ static void batch_cancel_done(struct wop *op)
                 writer_push(s->o.writer, op);
                 return;
         }
+        /* Stopping: the pending jobs left run after the restart. */
+        if (op->result < 0)
+                log_errno(LOG_ERR, op->result, "batch %lld: storing its cancel failed",
+                          (long long)c->batch);
+
         pthread_mutex_lock(&s->lock);
-        if (op->result < 0) {
-                log_errno(LOG_ERR, op->result, "batch %lld: storing its cancel failed%s",
-                          (long long)c->batch, bc->fed ? "; feeding it again" : "");
-                if (bc->fed && !s->stopping && batch_open(s, c->batch, bc->priority, true) < 0)
-                        log_error("batch %lld: out of memory; its pending jobs wait for a restart",
-                                  (long long)c->batch);
-        }
         s->ops--;
         wake_drain(s);
         pthread_mutex_unlock(&s->lock);
@@ -1538,8 +1521,6 @@ int sched_cancel_batch(struct sched *s, struct sched_batch_cancel *c)
         }
         b = batch_find(s, c->batch);
         if (b) {
-                bc->fed = true;
-                bc->priority = b->priority;
                 b->closed = true;
                 batch_stop_jobs(s, b);
                 batch_settle(s, b);

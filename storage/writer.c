@@ -10,9 +10,10 @@
  * with -EINVAL or -E2BIG; START, FINISH and REQUEUE of a job that is absent
  * or already finished give -ENOENT, so a finished job never changes again.
  * Anything else is a store failure: the transaction is rolled back, START,
- * FINISH and REQUEUE go back to the head of the queue and are retried after
- * RETRY_PAUSE_S, unless stopping; every other op (and those when stopping,
- * so that writer_stop() cannot hang on a dead disk) ends with -EIO.
+ * FINISH, REQUEUE and BATCH_CANCEL go back to the head of the queue and are
+ * retried after RETRY_PAUSE_S, unless stopping; every other op (and those
+ * when stopping, so that writer_stop() cannot hang on a dead disk) ends
+ * with -EIO.
  *
  * An op that changes several rows either changes all it should or, when it
  * fails alone, nothing: BATCH_ITEMS runs inside a savepoint it rolls back
@@ -864,10 +865,13 @@ static void op_undo(struct wop *op)
         op->count = 0;
 }
 
-/* The changes that must not be lost because no client can ask again. */
+/* The changes that must not be lost because nothing would make them again:
+ * a run's steps, and a batch cancel, after which the scheduler no longer
+ * holds the batch's pending jobs. */
 static bool op_retried(enum wop_type type)
 {
-        return type == WOP_START || type == WOP_FINISH || type == WOP_REQUEUE;
+        return type == WOP_START || type == WOP_FINISH || type == WOP_REQUEUE ||
+               type == WOP_BATCH_CANCEL;
 }
 
 /* After a rollback: undoes what the ops wrote, moves the ops that end now

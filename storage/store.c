@@ -205,13 +205,14 @@ int store_open_connection(struct store *s, sqlite3 **ret)
  * what a WAL that started over holds anyway: SQLite reads frames up to
  * the first whose salt does not match the header's, which no zero frame
  * does. Called before the writer starts, when nothing else writes the
- * file. A failure costs only speed. */
+ * file. A failure costs only speed: a disk too full for the zeros gets
+ * its space back (the file its old size). */
 static void wal_preallocate(const char *db_path)
 {
         static const char zeros[64 * 1024];
         char *path = NULL;
         struct stat st;
-        ssize_t n;
+        ssize_t n = 0;
         off_t at;
         int fd;
 
@@ -221,17 +222,24 @@ static void wal_preallocate(const char *db_path)
         free(path);
         if (fd < 0)
                 return;
-        if (fstat(fd, &st) == 0 && st.st_size < STORE_WAL_PREALLOCATE) {
-                for (at = st.st_size; at < STORE_WAL_PREALLOCATE; at += n) {
-                        n = STORE_WAL_PREALLOCATE - at;
-                        if (n > (ssize_t) sizeof(zeros))
-                                n = sizeof(zeros);
-                        n = pwrite(fd, zeros, (size_t) n, at);
-                        if (n <= 0)
-                                break;
-                }
-                fdatasync(fd);
+        if (fstat(fd, &st) < 0 || st.st_size >= STORE_WAL_PREALLOCATE) {
+                close(fd);
+                return;
         }
+        for (at = st.st_size; at < STORE_WAL_PREALLOCATE; at += n) {
+                n = STORE_WAL_PREALLOCATE - at;
+                if (n > (ssize_t) sizeof(zeros))
+                        n = sizeof(zeros);
+                n = pwrite(fd, zeros, (size_t) n, at);
+                if (n < 0 && errno == EINTR)
+                        n = 0;
+                else if (n <= 0)
+                        break;
+        }
+        if (at < STORE_WAL_PREALLOCATE)
+                (void)!ftruncate(fd, st.st_size);
+        else
+                fdatasync(fd);
         close(fd);
 }
 

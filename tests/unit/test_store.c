@@ -10,14 +10,18 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "storage/batch.h"
@@ -1859,19 +1863,28 @@ static void test_checkpointer(void **state)
         f->store = NULL;
 }
 
+/* Copies in a child process: closing a descriptor of the database here
+ * would drop every lock this process holds on it, SQLite's too. */
 static void copy_file(const char *from, const char *to)
 {
-        char buf[1 << 16];
-        FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-        size_t n;
+        int status;
+        pid_t pid = fork();
 
-        assert_non_null(in);
-        assert_non_null(out);
-        while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
-                assert_int_equal(fwrite(buf, 1, n, out), n);
-        assert_int_equal(ferror(in), 0);
-        fclose(in);
-        assert_int_equal(fclose(out), 0);
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                char buf[1 << 16];
+                int in = open(from, O_RDONLY), out = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+                ssize_t n;
+
+                if (in < 0 || out < 0)
+                        _exit(1);
+                while ((n = read(in, buf, sizeof(buf))) > 0)
+                        if (write(out, buf, (size_t) n) != n)
+                                _exit(1);
+                _exit(n < 0 || close(out) < 0);
+        }
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 /* The WAL is written ahead with zeros when the store opens, and a crash
@@ -1909,6 +1922,33 @@ static void test_wal_preallocated(void **state)
                 job_free(j[i]);
 }
 
+/* A disk with no room for the zeros (here a file size limit) keeps its
+ * space: the WAL stays as SQLite left it, and the store works. */
+static void test_wal_preallocate_no_room(void **state)
+{
+        struct fixture *f = *state;
+        struct rlimit old, small;
+        struct job *j, *got;
+        char wal[128];
+        off_t size;
+
+        assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+        small = (struct rlimit) { .rlim_cur = 4 << 20, .rlim_max = old.rlim_max };
+        signal(SIGXFSZ, SIG_IGN);
+        assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+        store_up(f);
+        snprintf(wal, sizeof(wal), "%s-wal", f->tmp.path);
+        size = file_size(wal);
+        j = submit(f, "noop", NULL);
+        assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+        signal(SIGXFSZ, SIG_DFL);
+
+        assert_true(size > 0 && size < (1 << 20));
+        assert_int_equal(store_get_job(f->reader, j->id, &got), 0);
+        job_free(got);
+        job_free(j);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -1938,6 +1978,7 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_batch_throughput, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_checkpointer, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_wal_preallocated, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_wal_preallocate_no_room, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -30,6 +30,10 @@
 
 #define MAX_FINISHED 64
 #define WAIT_S 30.0
+/* A test that fails while it holds a job it took by hand leaves its
+ * teardown's drain waiting for that run forever: the alarm ends the
+ * process instead (SIGALRM kills it, and the run reports the failure). */
+#define TEST_ALARM_S 120
 #define POLL_MS 5
 /* The scheduler's page of a batch (BATCH_PAGE in scheduler.c) and the slack
  * the tests allow above it. */
@@ -203,6 +207,7 @@ static int setup(void **state)
 
         current = fx;
         writer_commit_hook = commit_hook;
+        alarm(TEST_ALARM_S);
         *state = fx;
         return 0;
 }
@@ -226,6 +231,7 @@ static int teardown(void **state)
         pthread_cond_destroy(&fx->cond);
         pthread_mutex_destroy(&fx->lock);
         free(fx);
+        alarm(0);
         return 0;
 }
 

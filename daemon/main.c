@@ -418,6 +418,10 @@ static int run(int argc, char **argv, struct config *c)
         if (r < 0)
                 return r;
         r = store_open(&so, &store);
+        if (r == -EBUSY) {
+                log_error("cannot open the store %s: it is in use by another futured", c->db);
+                goto out;
+        }
         if (r < 0) {
                 log_errno(LOG_ERR, r, "cannot open the store %s", c->db);
                 goto out;

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -69,6 +70,10 @@ enum {
 struct store {
         sqlite3 *db;
         char *path;
+        /* flock()ed for the store's life, closed only once SQLite has let
+         * go: closing a descriptor of the file would drop the process's
+         * POSIX locks on it, SQLite's too. */
+        int lock_fd;
 };
 
 struct store_reader {
@@ -246,11 +251,12 @@ static void wal_preallocate(const char *db_path)
 int store_open(const struct store_options *o, struct store **ret)
 {
         struct store *s;
-        int fd, r;
+        int r;
 
         s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
+        s->lock_fd = -1;
         s->path = strdup(o->path);
         if (!s->path) {
                 r = -ENOMEM;
@@ -259,12 +265,17 @@ int store_open(const struct store_options *o, struct store **ret)
         /* Jobs carry credentials (http headers, exec input): the file is
          * created private here, and SQLite gives its -wal and -shm files
          * the database's mode. */
-        fd = open(o->path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
-        if (fd < 0) {
+        s->lock_fd = open(o->path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
+        if (s->lock_fd < 0) {
                 r = -errno;
                 goto fail;
         }
-        close(fd);
+        /* flock(), not SQLite's fcntl() locks, which it takes and drops
+         * by itself: the two kinds do not see each other. */
+        if (flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+                r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+                goto fail;
+        }
 
         r = db_open(o->path, SQLITE_OPEN_READWRITE, &s->db);
         if (r < 0)
@@ -298,6 +309,8 @@ void store_close(struct store *s)
         /* _v2: a statement the writer failed to finalize must not keep the
          * file open forever; the close completes when it is finalized. */
         sqlite3_close_v2(s->db);
+        if (s->lock_fd >= 0)
+                close(s->lock_fd);
         free(s->path);
         free(s);
 }

@@ -21,6 +21,8 @@ struct store_options {
         bool sync_full;         /* synchronous=FULL, else NORMAL */
 };
 
+/* -EBUSY: another process holds the store open (one futured per file:
+ * two would run the same jobs and hand out the same completion order). */
 int store_open(const struct store_options *o, struct store **ret);
 void store_close(struct store *s);
 

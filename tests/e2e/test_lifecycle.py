@@ -191,6 +191,23 @@ class TestStartup(unittest.TestCase):
                 finally:
                         d.stop()
 
+        def test_store_in_use(self):
+                """A second futured on the same database refuses to start,
+                saying why, and changes nothing; the first goes on."""
+                d = Daemon(io_threads=1, cpu_workers=1)
+                d.start()
+                try:
+                        jid = d.submit({"task": "noop"})["id"]
+                        d.wait(jid)
+                        r = self.run_bin("--listen", "%s:%d" % (HOST, harness.free_port()), "--db", d.db)
+                        self.assertNotEqual(r.returncode, 0, r)
+                        self.assertIn(b"in use by another futured", r.stderr)
+                        self.assertEqual(d.job(jid)["state"], "succeeded")
+                        jid = d.submit({"task": "noop"})["id"]
+                        self.assertEqual(d.wait(jid)["state"], "succeeded")
+                finally:
+                        d.stop()
+
 
 if __name__ == "__main__":
         harness.main()

@@ -211,6 +211,12 @@ static void test_open_migrate_reopen(void **state)
         store_down(f);
         assert_int_equal(user_version(f->tmp.path, -1), 2);
 
+        /* One futured per file: an open store keeps others out. */
+        store_up(f);
+        assert_int_equal(store_open(&o, &s), -EBUSY);
+        assert_null(s);
+        store_down(f);
+
         /* A file from a newer futured is refused, not misread. */
         user_version(f->tmp.path, 3);
         assert_int_equal(store_open(&o, &s), -EPROTO);

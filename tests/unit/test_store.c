@@ -130,6 +130,20 @@ static void finish(struct fixture *f, struct job *j, enum job_state state)
         assert_int_equal(run_op(f->writer, WOP_FINISH, j), 0);
 }
 
+/* The stored row of j's run, checked for its state, attempts and start;
+ * the caller's. */
+static struct job *stored_run(struct fixture *f, const struct job *j, enum job_state state,
+                              int attempts)
+{
+        struct job *got = NULL;
+
+        assert_int_equal(store_get_job(f->reader, j->id, &got), 0);
+        assert_int_equal(got->state, state);
+        assert_int_equal(got->attempts, attempts);
+        assert_int_equal(got->started_at, j->started_at);
+        return got;
+}
+
 static void store_up(struct fixture *f)
 {
         struct store_options o = { .path = f->tmp.path, .sync_full = true };
@@ -444,20 +458,14 @@ static void test_start_folded(void **state)
         assert_int_equal(ops[0].result, 0);
         assert_true(ops[0].skip);
         assert_int_equal(ops[2].result, 0);
-        assert_int_equal(store_get_job(f->reader, j->id, &got), 0);
-        assert_int_equal(got->state, JOB_SUCCEEDED);
-        assert_int_equal(got->attempts, 1);
-        assert_int_equal(got->started_at, j->started_at);
+        got = stored_run(f, j, JOB_SUCCEEDED, 1);
         assert_int_equal(got->finished_at, j->finished_at);
         job_free(got);
 
         assert_int_equal(ops[1].result, 0);
         assert_false(ops[1].skip);
         assert_int_equal(ops[3].result, -EINVAL);
-        assert_int_equal(store_get_job(f->reader, k->id, &got), 0);
-        assert_int_equal(got->state, JOB_RUNNING);
-        assert_int_equal(got->attempts, 1);
-        assert_int_equal(got->started_at, k->started_at);
+        got = stored_run(f, k, JOB_RUNNING, 1);
         job_free(got);
 
         /* Apart, each writes its own. */
@@ -491,10 +499,7 @@ static void test_start_folded(void **state)
         j->result = NULL;
         j->finished_at = 0;
         assert_int_equal(run_op(f->writer, WOP_FINISH, j), 0);
-        assert_int_equal(store_get_job(f->reader, k->id, &got), 0);
-        assert_int_equal(got->state, JOB_CANCELLED);
-        assert_int_equal(got->attempts, 1);
-        assert_int_equal(got->started_at, k->started_at);
+        got = stored_run(f, k, JOB_CANCELLED, 1);
         job_free(got);
 
         job_free(j);
@@ -1228,16 +1233,10 @@ static void test_start_folded_requeue_retry(void **state)
         for (int i = 0; i < 4; i++)
                 assert_int_equal(ops[i].result, 0);
         assert_true(ops[0].skip && ops[1].skip);
-        assert_int_equal(store_get_job(f->reader, j->id, &got), 0);
-        assert_int_equal(got->state, JOB_PENDING);
-        assert_int_equal(got->attempts, 1);
-        assert_int_equal(got->started_at, j->started_at);
+        got = stored_run(f, j, JOB_PENDING, 1);
         assert_int_equal(got->ready_at, j->ready_at);
         job_free(got);
-        assert_int_equal(store_get_job(f->reader, k->id, &got), 0);
-        assert_int_equal(got->state, JOB_SUCCEEDED);
-        assert_int_equal(got->attempts, 1);
-        assert_int_equal(got->started_at, k->started_at);
+        got = stored_run(f, k, JOB_SUCCEEDED, 1);
         assert_int_equal(got->seq, k->seq);
         job_free(got);
         job_free(j);
@@ -1271,10 +1270,7 @@ static void test_fold_stops_at_batch_cancel(void **state)
         assert_int_equal(ops[1].result, 0);
         assert_int_equal(ops[1].count, 0);
         assert_int_equal(ops[2].result, 0);
-        assert_int_equal(store_get_job(f->reader, j->id, &got), 0);
-        assert_int_equal(got->state, JOB_CANCELLED);
-        assert_int_equal(got->attempts, 1);
-        assert_int_equal(got->started_at, j->started_at);
+        got = stored_run(f, j, JOB_CANCELLED, 1);
         job_free(got);
         free_items(jobs, 1);
         batch_free(b);

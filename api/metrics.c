@@ -348,6 +348,17 @@ static void put_requests(struct strbuf *b, const struct metrics *m)
                 }
 }
 
+static void put_bodies(struct strbuf *b, const struct api *a)
+{
+        family(b, "futured_http_body_bytes", "gauge",
+               "Memory held by the request bodies being received.");
+        put_uint(b, "futured_http_body_bytes", NULL, atomic_load(&a->body_bytes));
+        family(b, "futured_http_body_budget_bytes", "gauge",
+               "The most the request bodies being received may hold together; "
+               "a body past it is answered 503 server_busy.");
+        put_uint(b, "futured_http_body_budget_bytes", NULL, request_body_budget(a));
+}
+
 static void put_store(struct strbuf *b, const struct api_deps *d)
 {
         struct writer_stats ws;
@@ -414,6 +425,7 @@ enum MHD_Result metrics_get(struct request *req)
         put_pools(&b, d);
         put_timings(&b, d);
         put_requests(&b, m);
+        put_bodies(&b, req->api);
         put_store(&b, d);
         return reply_text(req, &b);
 }

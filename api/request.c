@@ -163,18 +163,24 @@ static void body_drop(struct request *req)
         req->body_charged = 0;
 }
 
+size_t request_body_budget(const struct api *a)
+{
+        size_t max = a->o.max_body;
+
+        return max > SIZE_MAX / REQUEST_BODY_BUDGET ? SIZE_MAX : max * REQUEST_BODY_BUDGET;
+}
+
 /* Room for need bytes (at most max_body); -EBUSY past the budget. */
 static int body_grow(struct request *req, size_t need)
 {
         struct api *a = req->api;
-        size_t max = a->o.max_body, cap = req->body_cap, more, budget;
+        size_t max = a->o.max_body, cap = req->body_cap, more, budget = request_body_budget(a);
         char *p;
 
         while (cap < need)
                 cap *= 2;
         if (cap > max)
                 cap = max;
-        budget = max > SIZE_MAX / REQUEST_BODY_BUDGET ? SIZE_MAX : max * REQUEST_BODY_BUDGET;
         /* Charged before it is allocated, so no two threads both take the
          * last of the budget. */
         more = cap - req->body_charged;

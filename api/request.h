@@ -96,6 +96,9 @@ enum MHD_Result request_begin(struct request *req, const char *url, const char *
 enum MHD_Result request_continue(struct request *req, const char *data, size_t *size);
 /* Answers a refused body (req->refused): 413, or 503 past the budget. */
 enum MHD_Result request_refuse(struct request *req);
+/* The bytes that the bodies being received may hold together: the bound of
+ * api->body_bytes. */
+size_t request_body_budget(const struct api *a);
 /* NOTIFY_COMPLETED. Accepts NULL. */
 void request_free(struct request *req);
 

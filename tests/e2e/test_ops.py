@@ -4,6 +4,7 @@ a self-signed certificate, and start-up refusals of bad auth or TLS
 settings."""
 
 import http.client
+import json
 import math
 import os
 import re
@@ -217,6 +218,8 @@ class MetricsTest(DaemonTestCase):
                                    ("futured_job_run_seconds", "histogram"),
                                    ("futured_job_queue_wait_seconds", "histogram"),
                                    ("futured_http_requests_total", "counter"),
+                                   ("futured_http_body_bytes", "gauge"),
+                                   ("futured_http_body_budget_bytes", "gauge"),
                                    ("futured_store_commits_total", "counter"),
                                    ("futured_store_commit_failures_total", "counter"),
                                    ("futured_store_commit_ops", "histogram"),
@@ -301,6 +304,47 @@ class MetricsTest(DaemonTestCase):
 
 
 TOKENS = ("s3cret-token_1", "other.Token~2/+==")
+
+
+class BodyBudgetTest(DaemonTestCase):
+        """All bodies being received hold 64 x max_body at most: past that a
+        body is answered 503 server_busy at its end, and stores nothing."""
+        MAX_BODY = 4096
+        DAEMON_ARGS = {"io_threads": 2, "cpu_workers": 1, "args": ("--max-body", str(MAX_BODY))}
+
+        def held_bytes(self):
+                return sample(metrics(self.daemon), "futured_http_body_bytes")
+
+        def test_budget(self):
+                d = self.daemon
+                budget = sample(metrics(d), "futured_http_body_budget_bytes")
+                self.assertEqual(budget, 64 * self.MAX_BODY)
+                head = (b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n" % self.MAX_BODY)
+                spec = json.dumps({"task": "noop"}).encode()
+                full = spec + b" " * (self.MAX_BODY - len(spec))
+                before = d.job_counts()
+                held = []
+                try:
+                        # Each holds more than half of max_body, so its buffer
+                        # has grown to max_body.
+                        for _ in range(64):
+                                s = socket.create_connection((HOST, d.port), timeout=10)
+                                held.append(s)
+                                s.sendall(head + b" " * (self.MAX_BODY // 2 + 1))
+                        poll_until(lambda: self.held_bytes() == budget, 10,
+                                   "the held bodies to fill the budget")
+                        r = d.request("POST", "/v1/jobs", raw=full)
+                        self.assertEqual(r.status, 503, r)
+                        self.assertEqual(r.json["error"]["code"], "server_busy")
+                        self.assertEqual(r.header("retry-after"), "1")
+                finally:
+                        for s in held:
+                                s.close()
+                poll_until(lambda: self.held_bytes() == 0, 10, "closed bodies to give their bytes back")
+                self.assertEqual(d.job_counts(), before)
+                r = d.request("POST", "/v1/jobs", raw=full)
+                self.assertEqual(r.status, 202, r)
 
 
 class AuthTest(DaemonTestCase):

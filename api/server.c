@@ -1,8 +1,10 @@
 /* The HTTP server: libmicrohttpd with an epoll thread pool and
  * suspend/resume. Invariants:
  * - per-request state is made in the URI log callback, the first of a
- *   request, and freed only in NOTIFY_COMPLETED (request.c), which MHD
- *   calls for every request that reached that callback;
+ *   request, and freed in NOTIFY_COMPLETED (request.c). MHD calls that
+ *   only for requests it handed to the access handler: one it gives up on
+ *   before (query arguments that overflow its pool) is freed when its
+ *   connection closes, from the connection's slot;
  * - a suspended connection is resumed exactly once, by whatever it waits
  *   for (a commit, a hub waiter), and the answer is queued on MHD's thread
  *   when the handler runs again;
@@ -85,13 +87,53 @@ static bool is_probe(struct api *a, struct MHD_Connection *conn)
         return fstat(ci->connect_fd, &st) == 0 && st.st_ino == atomic_load(&a->probe_ino);
 }
 
+/* Per connection (MHD's socket context): the request its URI log callback
+ * made, until NOTIFY_COMPLETED frees it. */
+struct conn_slot {
+        struct request *req;
+};
+
+static struct conn_slot *conn_slot(struct MHD_Connection *conn)
+{
+        const union MHD_ConnectionInfo *ci;
+
+        ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        return ci ? ci->socket_context : NULL;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+        struct conn_slot *slot = *socket_context;
+
+        (void) cls;
+        (void) conn;
+        if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+                /* NULL when out of memory: on_uri() then refuses its
+                 * requests. */
+                *socket_context = calloc(1, sizeof(*slot));
+                return;
+        }
+        if (!slot)
+                return;
+        /* Counted as left unanswered, which is what its client saw. */
+        request_free(slot->req);
+        free(slot);
+        *socket_context = NULL;
+}
+
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
         struct api *a = cls;
+        struct conn_slot *slot;
 
         if (atomic_load(&a->probe_fd) >= 0 && is_probe(a, conn))
                 return &probe_tag;
-        return request_new(a, conn, uri);
+        slot = conn_slot(conn);
+        if (!slot)
+                return NULL;
+        slot->req = request_new(a, conn, uri);
+        return slot->req;
 }
 
 static enum MHD_Result probe_answer(struct MHD_Connection *conn)
@@ -140,12 +182,16 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         struct api *a = cls;
         struct request *req = *con_cls;
         const union MHD_ConnectionInfo *ci;
+        struct conn_slot *slot;
         bool changed = false;
 
         (void) toe;
         *con_cls = NULL;
         if ((void *) req == &probe_tag)
                 return;
+        slot = conn_slot(conn);
+        if (slot && slot->req == req)
+                slot->req = NULL;
         if (req && a->o.on_change) {
                 ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_HTTP_STATUS);
                 changed = ci && changes_counts(req, ci->http_status);
@@ -363,6 +409,7 @@ static int daemon_start(struct api *a, int fd, struct api_daemon *ret)
                                MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) API_CONNECTION_MEMORY,
                                MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+                               MHD_OPTION_NOTIFY_CONNECTION, on_connection, a,
                                MHD_OPTION_ARRAY, tls,
                                MHD_OPTION_END);
         /* MHD logged why; it disposed of the socket it was given. */

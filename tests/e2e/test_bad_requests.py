@@ -275,6 +275,30 @@ class TestBadRequests(DaemonTestCase):
                 status, sent, answer = self.raw_exchange(head, chunks)
                 self.assertTrue(status.startswith(b"HTTP/1.1 413"), "got %r" % (answer[:300],))
 
+        def test_query_past_the_connection_pool(self):
+                # 600 arguments overflow the HTTP layer's 32 KiB pool before
+                # futured sees the request: no answer comes, and once the
+                # client leaves, the request is freed (a leak fails the
+                # sanitizer build's exit) and counted as unanswered.
+                d = self.daemon
+
+                def unanswered():
+                        text = d.request("GET", "/metrics").body.decode()
+                        return sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                                   if line.startswith("futured_http_requests_total{")
+                                   and 'code="0"' in line)
+
+                before = unanswered()
+                s = socket.create_connection((HOST, d.port), timeout=0.5)
+                try:
+                        s.sendall(b"GET /healthz?" + b"a=b&" * 600 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                        with self.assertRaises(socket.timeout):
+                                s.recv(100)
+                finally:
+                        s.close()
+                harness.poll_until(lambda: unanswered() == before + 1, 10,
+                                   "the dropped request to be counted")
+
         def test_healthy_after_abuse(self):
                 d = self.daemon
                 # A client that sends half a request and vanishes.

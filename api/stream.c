@@ -82,6 +82,10 @@ static json_t *openai_response(const json_t *from)
                          "body", body ? (json_t *) body : json_null());
 }
 
+/* Stored texts may hold \u0000: results and errors carry bytes from
+ * outside (an http body, a command's output). */
+#define STORED_JSON (JSON_DECODE_ANY | JSON_ALLOW_NUL)
+
 /* The job as a line of an OpenAI batch output file: "response" for every
  * job that got an HTTP answer, 2xx or not (OpenAI's own rule), "error"
  * ({"code": the error type, "message"}) for one that got none. A job of
@@ -90,9 +94,9 @@ static json_t *openai_response(const json_t *from)
  * parse reads as null. */
 static int render_openai(struct strbuf *b, const struct job *j)
 {
-        json_t *result = j->result ? json_loads(j->result, JSON_DECODE_ANY, NULL) : NULL;
-        json_t *error = j->error ? json_loads(j->error, 0, NULL) : NULL;
-        json_t *tag = j->tag ? json_loads(j->tag, JSON_DECODE_ANY, NULL) : NULL;
+        json_t *result = j->result ? json_loads(j->result, STORED_JSON, NULL) : NULL;
+        json_t *error = j->error ? json_loads(j->error, STORED_JSON, NULL) : NULL;
+        json_t *tag = j->tag ? json_loads(j->tag, STORED_JSON, NULL) : NULL;
         const json_t *custom_id = json_object_get(tag, "custom_id");
         const char *type = json_string_value(json_object_get(error, "type"));
         const char *message = json_string_value(json_object_get(error, "message"));

@@ -369,7 +369,8 @@ static int job_encode(const struct job *j, char **ret, size_t *ret_len)
  * answers a stop; -EBADMSG when it is malformed. */
 static int reply_parse(const char *msg, size_t len, struct sched_outcome *out, bool *ret_stopped)
 {
-        json_t *reply = json_loadb(msg, len, 0, NULL);
+        /* A result may hold \u0000, from a command's output. */
+        json_t *reply = json_loadb(msg, len, JSON_ALLOW_NUL, NULL);
         json_t *result = json_object_get(reply, "result");
         json_t *error = json_object_get(reply, "error");
         json_t *retryable = json_object_get(reply, "retryable");

@@ -681,7 +681,8 @@ static int response_put_body(json_t *o, struct transfer *t)
 
         curl_easy_getinfo(t->easy, CURLINFO_CONTENT_TYPE, &type);
         if (content_type_is_json(type)) {
-                v = json_loadb(t->body ? t->body : "", t->body_len, JSON_DECODE_ANY, NULL);
+                v = json_loadb(t->body ? t->body : "", t->body_len,
+                               JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
                 if (v)
                         return json_object_set_new(o, "json", v) < 0 ? -ENOMEM : 0;
         }

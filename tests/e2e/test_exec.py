@@ -21,6 +21,7 @@ fail = /bin/sh -c "echo bad >&2; exit 4"
 hang = /bin/sh -c "echo $$ > hang.pid; exec /bin/sleep 60"
 ppid = /bin/sh -c "echo $PPID"
 parse = /bin/cat
+zeros = /usr/bin/head -c 3 /dev/zero
 
 [exec]
 work_dir = %s
@@ -93,6 +94,22 @@ class TestExec(DaemonTestCase):
                 j = self.run_exec({"command": "parse", "stdin": '{"x": [1, 2]}'})
                 self.assertEqual(j["result"]["json"], {"x": [1, 2]})
                 self.assertNotIn("stdout", j["result"])
+
+        def test_nul_bytes(self):
+                # Output holding NUL is text like any other: it travels
+                # from the worker and back out of the store as \u0000.
+                restarts = self.restarts()
+                j = self.run_exec({"command": "zeros"})
+                self.assertEqual(j["result"]["stdout"], "\0\0\0")
+                self.assertEqual(self.restarts(), restarts)
+                d = self.daemon
+                b = d.submit_batch({"task": "exec", "items": [{"command": "zeros"}]})
+                d.wait_batch(b["id"], timeout=30)
+                s = d.stream(b["id"], "format=openai")
+                self.assertEqual(s.status, 200, s)
+                [line] = [x[0] for x in s.read_all_json(timeout=30)]
+                self.assertEqual(line["response"]["status_code"], 200, line)
+                self.assertEqual(line["response"]["body"]["stdout"], "\0\0\0", line)
 
         def test_output_cap(self):
                 j = self.run_exec({"command": "parse", "stdin": "y" * 10000})

@@ -905,6 +905,9 @@ enum MHD_Result batches_cancel(struct request *req)
         int r;
 
         if (req->resumed) {
+                /* Finished by another cancel and deleted meanwhile. */
+                if (c->result == -ENOENT)
+                        return no_such_batch(req);
                 if (c->result < 0)
                         return reply_write_error(req, c->result, "cancelling the batch");
                 return answer_batch(req);

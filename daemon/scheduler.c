@@ -1487,8 +1487,9 @@ static void batch_cancel_done(struct wop *op)
                 writer_push(s->o.writer, op);
                 return;
         }
-        /* Stopping: the pending jobs left run after the restart. */
-        if (op->result < 0)
+        /* Stopping: the pending jobs left run after the restart.
+         * -ENOENT: the batch was deleted meanwhile, so it had ended. */
+        if (op->result < 0 && op->result != -ENOENT)
                 log_errno(LOG_ERR, op->result, "batch %lld: storing its cancel failed",
                           (long long)c->batch);
 

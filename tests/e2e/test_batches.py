@@ -5,6 +5,7 @@ requests on every batch endpoint."""
 
 import socket
 import sqlite3
+import threading
 import time
 import unittest
 
@@ -247,6 +248,35 @@ class TestBatches(BatchChecks, DaemonTestCase):
                 self.assertError(d.request("POST", "/v1/batches/%s/cancel" % bid), 409, "already_finished",
                                  "cancel a done batch")
                 self.assertEqual(d.batch(bid), b, "a refused cancel changed the batch")
+
+        def test_cancel_racing_delete(self):
+                # Cancels and deletes of one running batch at once: a cancel
+                # that finds the batch deleted by the time its write lands
+                # answers 404, never 5xx.
+                d = self.daemon
+                allowed = {"POST": (200, 404, 409), "DELETE": (204, 404, 409)}
+                for _ in range(5):
+                        bid = d.submit_batch({"task": "sleep", "timeout": 60, "items": [[30]] * 6})["id"]
+                        calls = [("POST", "/v1/batches/%s/cancel" % bid), ("DELETE", "/v1/batches/%s" % bid)] * 4
+                        got = [None] * len(calls)
+
+                        def call(i):
+                                c = d.new_client()
+                                try:
+                                        got[i] = c.request(*calls[i])
+                                finally:
+                                        c.close()
+
+                        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+                        for t in threads:
+                                t.start()
+                        for t in threads:
+                                t.join(30)
+                        for (method, _), r in zip(calls, got):
+                                self.assertIn(r.status, allowed[method], "%s: %r" % (method, r))
+                        r = d.request("DELETE", "/v1/batches/%s" % bid)
+                        self.assertIn(r.status, (204, 404), r)
+                self.assertTrue(d.running())
 
         def test_cancel_running_cpu_batch(self):
                 d = self.daemon

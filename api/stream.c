@@ -58,6 +58,7 @@ struct stream {
         struct strbuf out;              /* rendered; sent up to `sent` */
         size_t sent;
         bool last;                      /* out ends the body: nothing follows */
+        double written_at;              /* CLOCK_MONOTONIC of the last bytes sent, or the start */
         bool suspended;                 /* counted in api->suspended */
         int error;                      /* a failure while suspended: end on the next read */
         struct hub_waiter waiter;       /* on any job of the batch */
@@ -223,10 +224,13 @@ static void stream_fired(struct hub_waiter *w)
 
 /* Nothing to send and the batch is not done: suspends until a job of the
  * batch ends, the keepalive is due or ?wait= runs out. Returns what the
- * reader returns. */
+ * reader returns. The keepalive is due STREAM_KEEPALIVE after the last
+ * write, not after the last wake: in submission order a job that ends
+ * behind a slow first item wakes the stream with nothing to send. */
 static ssize_t stream_park(struct stream *s)
 {
-        double left = s->until - task_monotonic();
+        double now = task_monotonic(), left = s->until - now;
+        double quiet = s->written_at + STREAM_KEEPALIVE - now;
         int r;
 
         if (left <= 0 || atomic_load(&s->api->stopping))
@@ -238,7 +242,7 @@ static ssize_t stream_park(struct stream *s)
         api_suspended_add(s->api);
         s->suspended = true;
         MHD_suspend_connection(s->conn);
-        r = hub_add(s->api->hub, &s->waiter, left < STREAM_KEEPALIVE ? left : STREAM_KEEPALIVE);
+        r = hub_add(s->api->hub, &s->waiter, left < quiet ? left : quiet > 0 ? quiet : 0);
         if (r < 0) {
                 s->error = r;
                 MHD_resume_connection(s->conn);
@@ -257,11 +261,10 @@ static ssize_t stream_park(struct stream *s)
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
         struct stream *s = cls;
-        bool woke = s->suspended;
         size_t n;
 
         (void) pos;
-        if (woke) {
+        if (s->suspended) {
                 s->suspended = false;
                 api_suspended_sub(s->api);
         }
@@ -270,10 +273,10 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         if (s->sent == s->out.len && !s->last) {
                 if (stream_fill(s, true) < 0)
                         return MHD_CONTENT_READER_END_WITH_ERROR;
-                /* Woken by the deadline with nothing to say: a line that
+                /* Silent for too long with nothing to say: a line that
                  * readers skip, whose write finds a client that left. */
-                if (s->out.len == 0 && !s->last && woke && hub_left(&s->waiter) <= 0 &&
-                    task_monotonic() < s->until)
+                if (s->out.len == 0 && !s->last && task_monotonic() < s->until &&
+                    task_monotonic() - s->written_at >= STREAM_KEEPALIVE)
                         strbuf_puts(&s->out, s->sse ? ": keepalive\n\n" : "\n");
                 if (s->out.failed)
                         return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -284,6 +287,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
                         n = max;
                 memcpy(buf, s->out.data + s->sent, n);
                 s->sent += n;
+                s->written_at = task_monotonic();
                 if (s->sent == s->out.len) {
                         strbuf_reset(&s->out);
                         s->sent = 0;
@@ -372,6 +376,7 @@ enum MHD_Result stream_results(struct request *req)
         s->api = req->api;
         s->conn = req->conn;
         s->batch = req->id;
+        s->written_at = task_monotonic();
         if (parse_args(req, s, &message) < 0) {
                 free(s);
                 return reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_request", "%s",

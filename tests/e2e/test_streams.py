@@ -131,6 +131,24 @@ class TestStreams(StreamChecks, DaemonTestCase):
                 self.assertLess(fin[1], fin[0])
                 self.assertLess(fin[2], fin[0])
 
+        def test_keepalive_after_silence(self):
+                # Submission order holds every line behind item 0 (17 s);
+                # the others end at 2, 5 and 8 s and wake the stream with
+                # nothing to send. The keepalive still comes 15 s after
+                # the last write, before item 0's line.
+                d = self.daemon
+                b = d.submit_batch(sleep_items([17, 2, 5, 8]))
+                s = d.stream(b["id"], "order=submission")
+                self.assertNdjsonHead(s)
+                t0 = time.monotonic()
+                line, at, _ = s.read_line(timeout=30)
+                self.assertEqual(line, b"", "the first line is not a keepalive: %r" % (line,))
+                self.assertGreaterEqual(at - t0, 14.0)
+                self.assertLess(at - t0, 16.5)
+                got = s.read_all_json(timeout=30)
+                s.close()
+                self.assertEqual([j["index"] for j, _, _ in got], [0, 1, 2, 3])
+
         def test_wait0_and_cursors(self):
                 d = self.daemon
                 b = d.submit_batch(sleep_items([0.01, 30, 0.01, 0.01]))

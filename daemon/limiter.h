@@ -6,7 +6,8 @@
  * a limiter only counts. Released jobs (let through, not started yet) hold
  * a slot, so at most concurrency - running are released; with a rate, at
  * most one is, and it may not start before the time limiter_release()
- * gives. Times are ms on any clock the caller keeps steady (the tests use a
+ * gives. Times are ms on a clock the caller keeps steady, never the wall
+ * clock, whose steps back would push next_ms ahead (the tests use a
  * fake one). Not thread-safe: the scheduler's lock guards it. */
 #ifndef FUTURED_LIMITER_H
 #define FUTURED_LIMITER_H

@@ -382,6 +382,16 @@ static struct timespec monotonic_after(double seconds)
         return ts;
 }
 
+/* The limiters' clock, in ms: steady, unlike the stored wall-clock times,
+ * so that a clock stepped back cannot push a rate's next slot ahead. */
+static int64_t steady_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static int cond_init_monotonic(pthread_cond_t *c)
 {
         pthread_condattr_t attr;
@@ -533,7 +543,7 @@ static void wake_taker(struct sched *s, int k)
  * waiting heap sj just left: its other waiters come after sj. */
 static void gate_job(struct sched *s, struct sched_job *sj, struct sched_limiter *from)
 {
-        int64_t now = job_now_ms(), at = now;
+        int64_t now = steady_ms(), at = now;
         int k = sj->job->kind;
 
         for (int i = 0; i < LIM__COUNT; i++) {
@@ -556,8 +566,9 @@ static void gate_job(struct sched *s, struct sched_job *sj, struct sched_limiter
                         sj->released = true;
                 }
         if (at > now) {
-                /* the rate's slot: in memory only, the stored ready_at stays */
-                sj->job->ready_at = at;
+                /* the rate's slot, on the wall clock of the delayed heap:
+                 * in memory only, the stored ready_at stays */
+                sj->job->ready_at = job_now_ms() + (at - now);
                 sj->where = SJ_DELAYED;
                 heap_push(&s->delayed[k], sj);
                 pthread_cond_broadcast(&s->wake[k]);
@@ -602,7 +613,7 @@ static void lims_unrelease(struct sched *s, struct sched_job *sj)
 
 static void lims_start(struct sched *s, struct sched_job *sj)
 {
-        int64_t now = job_now_ms();
+        int64_t now = steady_ms();
 
         if (!sj->released)
                 return;

@@ -7,8 +7,10 @@
  * escapes, no quotes inside a word), {name} is a placeholder and {{ }} are
  * literal braces. A placeholder's value is substituted inside its word and
  * never split, so a value with spaces, quotes or globs is one argv element.
- * A value filling a whole word must not start with '-', so a client cannot
- * turn an operand into an option. Values are strings or integers.
+ * Values are strings or integers. A placeholder with no literal before it in
+ * its word (values before it may be empty) must not get a value starting
+ * with '-' or a negative integer, so a client cannot turn an operand into an
+ * option: "-a" in {p}.txt could, in --out={p} it cannot.
  *
  * A run: fork (the worker is single-threaded) then, in the child, only
  * async-signal-safe calls: death signal, own process group, default signal
@@ -64,7 +66,7 @@ struct command {
         /* The args a job may give: "command", "stdin", then each placeholder
          * once; NULL-terminated. */
         char **fields;
-        bool *whole;            /* per field: a placeholder filling a whole word */
+        bool *leading;          /* per field: may begin its word's argv element */
         size_t n_fields;
         bool json;
 };
@@ -98,7 +100,7 @@ static void command_done(struct command *c)
         free(c->template);
         words_free(c->words);
         words_free(c->fields);
-        free(c->whole);
+        free(c->leading);
 }
 
 static void settings_free(struct settings *s)
@@ -215,8 +217,7 @@ static ssize_t field_index(const struct command *c, const char *name, size_t n)
 /* Collects a command's placeholders while its words are checked. */
 struct collect {
         struct command *command;
-        size_t pieces;
-        ssize_t last;           /* the last placeholder's field */
+        bool leading;           /* no literal yet in this word */
         const char *why;
 };
 
@@ -226,9 +227,10 @@ static int collect_piece(void *userdata, bool placeholder, const char *s, size_t
         struct command *c = co->command;
         ssize_t i;
 
-        co->pieces++;
-        if (!placeholder)
+        if (!placeholder) {
+                co->leading = false;
                 return 0;
+        }
         i = field_index(c, s, n);
         if (i >= 0 && i < FIXED_FIELDS) {
                 co->why = "{command} and {stdin} are reserved";
@@ -244,7 +246,7 @@ static int collect_piece(void *userdata, bool placeholder, const char *s, size_t
                         return -ENOMEM;
                 i = (ssize_t)c->n_fields++;
         }
-        co->last = i;
+        c->leading[i] |= co->leading;
         return 0;
 }
 
@@ -271,8 +273,8 @@ static int command_parse(struct command *c, char *err, size_t errlen)
                 return -EINVAL;
         }
         c->fields = calloc(FIXED_FIELDS + COMMAND_PARAMS_MAX + 1, sizeof(*c->fields));
-        c->whole = calloc(FIXED_FIELDS + COMMAND_PARAMS_MAX, sizeof(*c->whole));
-        if (!c->fields || !c->whole)
+        c->leading = calloc(FIXED_FIELDS + COMMAND_PARAMS_MAX, sizeof(*c->leading));
+        if (!c->fields || !c->leading)
                 return -ENOMEM;
         c->fields[0] = strdup("command");
         c->fields[1] = strdup("stdin");
@@ -280,16 +282,13 @@ static int command_parse(struct command *c, char *err, size_t errlen)
                 return -ENOMEM;
         c->n_fields = FIXED_FIELDS;
         for (size_t i = 1; i < n_words; i++) {
-                co.pieces = 0;
-                co.last = -1;
+                co.leading = true;
                 r = word_walk(c->words[i], collect_piece, &co);
                 if (r == -EINVAL)
                         snprintf(err, errlen, "command \"%s\": word \"%s\": %s", c->name, c->words[i],
                                  co.why);
                 if (r < 0)
                         return r;
-                if (co.pieces == 1 && co.last >= 0)
-                        c->whole[co.last] = true;
         }
         return 0;
 }
@@ -561,7 +560,7 @@ static int exec_validate(const json_t *args, char *msg, size_t msglen)
                 if (!v)
                         return fail_arg(msg, msglen, "missing parameter \"%s\"", name);
                 if (json_is_integer(v)) {
-                        if (c->whole[i] && json_integer_value(v) < 0)
+                        if (c->leading[i] && json_integer_value(v) < 0)
                                 return fail_arg(msg, msglen, "%s must not be negative: it would "
                                                 "read as an option", name);
                         continue;
@@ -571,7 +570,7 @@ static int exec_validate(const json_t *args, char *msg, size_t msglen)
                 if (json_string_length(v) > VALUE_MAX || strlen(s) != json_string_length(v))
                         return fail_arg(msg, msglen, "%s must be at most 65536 bytes, without NUL",
                                         name);
-                if (c->whole[i] && s[0] == '-')
+                if (c->leading[i] && s[0] == '-')
                         return fail_arg(msg, msglen, "%s must not start with '-': it would read as "
                                         "an option", name);
         }
@@ -580,6 +579,7 @@ static int exec_validate(const json_t *args, char *msg, size_t msglen)
 
 /* One argv element being built. */
 struct expand {
+        const struct command *command;
         const json_t *args;
         char *buf;
         size_t len, size;
@@ -605,13 +605,16 @@ static int expand_append(struct expand *e, const char *s, size_t n)
 static int expand_piece(void *userdata, bool placeholder, const char *s, size_t n)
 {
         struct expand *e = userdata;
-        char name[64], number[32];
+        char number[32];
         const json_t *v;
+        ssize_t i;
 
         if (!placeholder)
                 return expand_append(e, s, n);
-        snprintf(name, sizeof(name), "%.*s", (int)n, s);
-        v = json_object_get(e->args, name);
+        /* The field holds the name NUL-terminated, at any length:
+         * json_object_getn() is newer than the jansson we require. */
+        i = field_index(e->command, s, n);
+        v = i >= 0 ? json_object_get(e->args, e->command->fields[i]) : NULL;
         if (json_is_integer(v)) {
                 snprintf(number, sizeof(number), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
                 return expand_append(e, number, strlen(number));
@@ -633,7 +636,7 @@ static int argv_build(const struct command *c, const json_t *args, char ***ret)
         if (!argv)
                 return -ENOMEM;
         for (size_t i = 0; i < n && r == 0; i++) {
-                struct expand e = { .args = args };
+                struct expand e = { .command = c, .args = args };
 
                 r = expand_append(&e, "", 0);
                 if (r == 0)
@@ -827,10 +830,12 @@ static int command_wait(int pidfd, struct input *in, struct output *out, struct 
 
                 if (k < 0 && errno != EINTR)
                         return -errno;
+                /* On every turn: a command that writes without pause would
+                 * keep poll() from ever timing out. */
+                if (deadline > 0 && task_monotonic() >= deadline)
+                        return -ETIMEDOUT;
                 if (k < 0)
                         continue;
-                if (k == 0 && deadline > 0 && task_monotonic() >= deadline)
-                        return -ETIMEDOUT;
                 if (fds[3].revents)
                         return -ECANCELED;
                 if (fds[0].revents)
@@ -1005,7 +1010,7 @@ static json_t *run_result(const struct command *c, const struct run *run)
                 return NULL;
         if (c->json && !run->out.truncated)
                 parsed = json_loadb(run->out.buf ? run->out.buf : "", run->out.len,
-                                    JSON_DECODE_ANY, NULL);
+                                    JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
         if (json_object_set_new(o, WIFSIGNALED(status) ? "signal" : "exit_code",
                                 json_integer(WIFSIGNALED(status) ? WTERMSIG(status)
                                                                   : WEXITSTATUS(status))) < 0 ||
@@ -1034,8 +1039,10 @@ static int exec_run(struct task_ctx *ctx, const json_t *args, json_t **ret_resul
         if (r < 0)
                 return task_fail(err, "task_error", false, "%s", msg);
         c = args_command(args, msg, sizeof(msg));
-        if (argv_build(c, args, &argv) < 0)
-                return task_fail(err, "task_error", false, "out of memory");
+        r = argv_build(c, args, &argv);
+        if (r < 0)
+                return task_fail(err, "task_error", false, "cannot build the arguments of %s: %s",
+                                 c->name, strerror(-r));
         r = command_run(argv, json_object_get(args, "stdin"), task_ctx_deadline(ctx), &run, err);
         if (r < 0)
                 goto out;

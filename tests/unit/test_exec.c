@@ -24,9 +24,13 @@
 #include "tasks/task.h"
 
 #define MAX_OUTPUT 1024
+/* Longer than any fixed buffer a name could be copied into. */
+#define LONG_NAME "a_placeholder_name_well_past_sixty_three_bytes_as_an_operator_may_write_it"
 
 static const struct exec_command commands[] = {
         { "args", "/usr/bin/printf \"[%s]\\n\" {a} x{b}y {{lit}} {a}" },
+        { "affix", "/usr/bin/printf \"[%s]\\n\" {p}x x{q} {r}{s}" },
+        { "long", "/bin/echo {" LONG_NAME "}" },
         { "cat", "/bin/cat" },
         { "json", "/bin/cat" },
         { "sh", "/bin/sh -c {script}" },
@@ -196,7 +200,7 @@ static void test_validate(void **state)
 {
         char msg[256];
 
-        assert_invalid("{}", "one of: args, cat, json, sh, zeros, pwd");
+        assert_invalid("{}", "one of: args, affix, long, cat, json, sh, zeros, pwd");
         assert_invalid("{\"command\": \"rm\"}", "one of:");
         assert_invalid("{\"command\": 1}", "one of:");
         assert_invalid("{\"command\": \"args\", \"a\": \"1\"}", "missing parameter \"b\"");
@@ -206,13 +210,46 @@ static void test_validate(void **state)
         assert_invalid("{\"command\": \"cat\", \"stdin\": 5}", "stdin must be a string");
         assert_invalid("{\"command\": \"args\", \"a\": true, \"b\": \"2\"}", "string or an integer");
         assert_invalid("{\"command\": \"args\", \"a\": \"x\\u0000y\", \"b\": \"2\"}", "NUL");
-        /* A whole-word value must not pass for an option; inside a word it
-         * can do no harm. */
+        /* A value that may begin its argv element must not pass for an
+         * option; after a literal it can do no harm. */
         assert_invalid("{\"command\": \"args\", \"a\": \"-rf\", \"b\": \"2\"}", "must not start with '-'");
         assert_invalid("{\"command\": \"args\", \"a\": -1, \"b\": \"2\"}", "negative");
         assert_int_equal(validate("{\"command\": \"args\", \"a\": \"1\", \"b\": \"-2\"}", msg,
                                   sizeof(msg)), 0);
         assert_int_equal(validate("{\"command\": \"args\", \"a\": 7, \"b\": -2}", msg, sizeof(msg)), 0);
+}
+
+/* {p}x with "-a" would be the option -ax; x{q} with "-a" is x-a; {r}{s}
+ * with r empty would start with s. */
+static void test_leading_placeholder(void **state)
+{
+        char msg[256];
+        json_t *r;
+
+        assert_invalid("{\"command\": \"affix\", \"p\": \"-a\", \"q\": \"b\", \"r\": \"c\", "
+                       "\"s\": \"d\"}", "p must not start with '-'");
+        assert_invalid("{\"command\": \"affix\", \"p\": -1, \"q\": \"b\", \"r\": \"c\", "
+                       "\"s\": \"d\"}", "p must not be negative");
+        assert_invalid("{\"command\": \"affix\", \"p\": \"a\", \"q\": \"b\", \"r\": \"\", "
+                       "\"s\": \"-d\"}", "s must not start with '-'");
+        assert_int_equal(validate("{\"command\": \"affix\", \"p\": \"a\", \"q\": \"-a\", "
+                                  "\"r\": \"c\", \"s\": \"d\"}", msg, sizeof(msg)), 0);
+        assert_int_equal(validate("{\"command\": \"affix\", \"p\": 7, \"q\": -2, \"r\": \"c\", "
+                                  "\"s\": \"d\"}", msg, sizeof(msg)), 0);
+
+        r = run_ok("{\"command\": \"affix\", \"p\": \"a\", \"q\": \"-a\", \"r\": \"\", "
+                   "\"s\": \"d\"}");
+        assert_string_equal(str(r, "stdout"), "[ax]\n[x-a]\n[d]\n");
+        json_decref(r);
+}
+
+/* A placeholder name has no length limit but the template's. */
+static void test_long_placeholder(void **state)
+{
+        json_t *r = run_ok("{\"command\": \"long\", \"" LONG_NAME "\": \"value\"}");
+
+        assert_string_equal(str(r, "stdout"), "value\n");
+        json_decref(r);
 }
 
 /* Spaces, quotes, globs, $ and a newline stay inside one argument. */
@@ -368,6 +405,20 @@ static void test_deadline(void **state)
         assert_gone_soon(pid);
 }
 
+/* A command that never stops writing still meets its deadline, though
+ * poll() then seldom times out. */
+static void test_deadline_busy_output(void **state)
+{
+        double t0 = task_monotonic();
+        struct task_error err;
+        json_t *detail;
+
+        assert_int_equal(run("{\"command\": \"sh\", \"script\": \"exec yes\"}", 0.3, &detail,
+                             &err), -EIO);
+        assert_true(task_monotonic() - t0 < 2.0);
+        assert_string_equal(err.type, "timeout");
+}
+
 /* A stop on the worker's socket (data or a hang-up) ends the run at once;
  * settings pass through exec_settings_dump() as a worker gets them. */
 static void test_stop(void **state)
@@ -410,6 +461,8 @@ int main(void)
                 cmocka_unit_test(test_bad_templates),
                 cmocka_unit_test(test_bad_settings),
                 cmocka_unit_test(test_validate),
+                cmocka_unit_test(test_leading_placeholder),
+                cmocka_unit_test(test_long_placeholder),
                 cmocka_unit_test(test_one_argument),
                 cmocka_unit_test(test_stdin_env_dir),
                 cmocka_unit_test(test_json_output),
@@ -417,6 +470,7 @@ int main(void)
                 cmocka_unit_test(test_exit_status),
                 cmocka_unit_test(test_group_killed_on_exit),
                 cmocka_unit_test(test_deadline),
+                cmocka_unit_test(test_deadline_busy_output),
                 cmocka_unit_test(test_stop),
                 cmocka_unit_test(test_unconfigured),
         };

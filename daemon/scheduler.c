@@ -4,7 +4,7 @@
  * - Every job from the commit of its submission (or its recovery, or the
  *   load of its batch's page) to the commit of its end is in the id map,
  *   and in exactly one place: a ready heap of its kind (priority desc, id
- *   asc), a delayed heap of its kind (ready_at asc), a pool (running), or
+ *   asc), a delayed heap of its kind (due asc), a pool (running), or
  *   at the writer (requeueing or finishing). Each heap entry knows its
  *   position, so cancel is O(log n).
  * - Each heap of a kind has room for every live job of that kind, reserved
@@ -18,8 +18,9 @@
  *   lock); submitters' done() and on_finished() are called without it, as
  *   they may take locks of their own that are held around sched_submit().
  * Takers sleep on a condvar of their kind, with a deadline only when a
- * delayed job of that kind is due; stored times are wall-clock ms and are
- * turned into CLOCK_MONOTONIC deadlines for the waits.
+ * delayed job of that kind is due; stored times are wall-clock ms, turned
+ * into CLOCK_MONOTONIC ones (sj->due, steady_ms()) when a job is delayed,
+ * so a clock stepped back holds nothing up.
  *
  * Batches (one struct sched_batch each, while the scheduler knows it):
  * - Its jobs with id <= cursor have been read from the store; those still
@@ -133,6 +134,10 @@ struct sched_job {
         struct sched_limiter *lim[LIM__COUNT];  /* attached, or NULL */
         struct sched_limiter *waiting_in;       /* while SJ_WAITING */
         bool released;                  /* counted in its limiters, not started */
+        /* While SJ_DELAYED: the steady_ms() from which it goes on. The
+         * stored ready_at is wall-clock; a heap on it would hold every
+         * delayed job for as long as the clock was stepped back. */
+        int64_t due;
 };
 
 struct sched_batch {
@@ -224,8 +229,8 @@ static bool ready_before(const struct sched_job *a, const struct sched_job *b)
 
 static bool delayed_before(const struct sched_job *a, const struct sched_job *b)
 {
-        if (a->job->ready_at != b->job->ready_at)
-                return a->job->ready_at < b->job->ready_at;
+        if (a->due != b->due)
+                return a->due < b->due;
         return a->job->id < b->job->id;
 }
 
@@ -566,9 +571,8 @@ static void gate_job(struct sched *s, struct sched_job *sj, struct sched_limiter
                         sj->released = true;
                 }
         if (at > now) {
-                /* the rate's slot, on the wall clock of the delayed heap:
-                 * in memory only, the stored ready_at stays */
-                sj->job->ready_at = job_now_ms() + (at - now);
+                /* the rate's slot: in memory only, the stored ready_at stays */
+                sj->due = at;
                 sj->where = SJ_DELAYED;
                 heap_push(&s->delayed[k], sj);
                 pthread_cond_broadcast(&s->wake[k]);
@@ -730,6 +734,7 @@ static void forget_job(struct sched *s, struct sched_job *sj)
 static void queue_job(struct sched *s, struct sched_job *sj)
 {
         int k = sj->job->kind;
+        int64_t wait;
 
         if (sj->batch) {
                 sj->batch->queued++;
@@ -739,7 +744,11 @@ static void queue_job(struct sched *s, struct sched_job *sj)
         sj->interrupt = NULL;
         sj->interrupt_arg = NULL;
         sj->released = false;
-        if (sj->job->ready_at > job_now_ms()) {
+        wait = sj->job->ready_at - job_now_ms();
+        if (wait > 0) {
+                /* + 1: each clock is cut to the ms, so without it the
+                 * job could start in the ms before its ready_at */
+                sj->due = steady_ms() + wait + 1;
                 sj->where = SJ_DELAYED;
                 heap_push(&s->delayed[k], sj);
                 /* every waiter may need an earlier deadline */
@@ -1556,10 +1565,10 @@ out:
  * (its rate slot came) to the ready heap, a retry through its limiters. */
 static void promote_due(struct sched *s, int k)
 {
-        int64_t now = job_now_ms();
+        int64_t now = steady_ms();
         struct sched_job *sj;
 
-        while ((sj = heap_top(&s->delayed[k])) && sj->job->ready_at <= now) {
+        while ((sj = heap_top(&s->delayed[k])) && sj->due <= now) {
                 heap_remove(&s->delayed[k], sj);
                 if (sj->released) {
                         sj->where = SJ_READY;
@@ -1595,7 +1604,7 @@ struct sched_job *sched_take(struct sched *s, enum job_kind kind,
                 s->takers_idle[kind]++;
                 if (due) {
                         struct timespec ts = monotonic_after(
-                                (double)(due->job->ready_at - job_now_ms()) / 1000.0);
+                                (double)(due->due - steady_ms()) / 1000.0);
 
                         pthread_cond_timedwait(&s->wake[kind], &s->lock, &ts);
                 } else

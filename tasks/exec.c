@@ -7,10 +7,9 @@
  * escapes, no quotes inside a word), {name} is a placeholder and {{ }} are
  * literal braces. A placeholder's value is substituted inside its word and
  * never split, so a value with spaces, quotes or globs is one argv element.
- * Values are strings or integers. A placeholder with no literal before it in
- * its word (values before it may be empty) must not get a value starting
- * with '-' or a negative integer, so a client cannot turn an operand into an
- * option: "-a" in {p}.txt could, in --out={p} it cannot.
+ * Values are strings or integers. An argument may start with '-' only where
+ * its template word does, so a client cannot turn an operand into an
+ * option: "-a" in {p}.txt could, "" in {p}-n too; in --out={p} nothing can.
  *
  * A run: fork (the worker is single-threaded) then, in the child, only
  * async-signal-safe calls: death signal, own process group, default signal
@@ -66,7 +65,6 @@ struct command {
         /* The args a job may give: "command", "stdin", then each placeholder
          * once; NULL-terminated. */
         char **fields;
-        bool *leading;          /* per field: may begin its word's argv element */
         size_t n_fields;
         bool json;
 };
@@ -100,7 +98,6 @@ static void command_done(struct command *c)
         free(c->template);
         words_free(c->words);
         words_free(c->fields);
-        free(c->leading);
 }
 
 static void settings_free(struct settings *s)
@@ -217,7 +214,6 @@ static ssize_t field_index(const struct command *c, const char *name, size_t n)
 /* Collects a command's placeholders while its words are checked. */
 struct collect {
         struct command *command;
-        bool leading;           /* no literal yet in this word */
         const char *why;
 };
 
@@ -227,10 +223,8 @@ static int collect_piece(void *userdata, bool placeholder, const char *s, size_t
         struct command *c = co->command;
         ssize_t i;
 
-        if (!placeholder) {
-                co->leading = false;
+        if (!placeholder)
                 return 0;
-        }
         i = field_index(c, s, n);
         if (i >= 0 && i < FIXED_FIELDS) {
                 co->why = "{command} and {stdin} are reserved";
@@ -244,9 +238,8 @@ static int collect_piece(void *userdata, bool placeholder, const char *s, size_t
                 c->fields[c->n_fields] = strndup(s, n);
                 if (!c->fields[c->n_fields])
                         return -ENOMEM;
-                i = (ssize_t)c->n_fields++;
+                c->n_fields++;
         }
-        c->leading[i] |= co->leading;
         return 0;
 }
 
@@ -273,8 +266,7 @@ static int command_parse(struct command *c, char *err, size_t errlen)
                 return -EINVAL;
         }
         c->fields = calloc(FIXED_FIELDS + COMMAND_PARAMS_MAX + 1, sizeof(*c->fields));
-        c->leading = calloc(FIXED_FIELDS + COMMAND_PARAMS_MAX, sizeof(*c->leading));
-        if (!c->fields || !c->leading)
+        if (!c->fields)
                 return -ENOMEM;
         c->fields[0] = strdup("command");
         c->fields[1] = strdup("stdin");
@@ -282,7 +274,6 @@ static int command_parse(struct command *c, char *err, size_t errlen)
                 return -ENOMEM;
         c->n_fields = FIXED_FIELDS;
         for (size_t i = 1; i < n_words; i++) {
-                co.leading = true;
                 r = word_walk(c->words[i], collect_piece, &co);
                 if (r == -EINVAL)
                         snprintf(err, errlen, "command \"%s\": word \"%s\": %s", c->name, c->words[i],
@@ -535,48 +526,6 @@ static int fail_arg(char *msg, size_t msglen, const char *fmt, const char *name)
         return -EINVAL;
 }
 
-static int exec_validate(const json_t *args, char *msg, size_t msglen)
-{
-        const struct command *c;
-        const json_t *in;
-        int r;
-
-        if (!json_is_object(args))
-                return fail_arg(msg, msglen, "%s", "args must be an object");
-        c = args_command(args, msg, msglen);
-        if (!c)
-                return -EINVAL;
-        r = task_args_check_fields(args, (const char *const *)c->fields, msg, msglen);
-        if (r < 0)
-                return r;
-        in = json_object_get(args, "stdin");
-        if (in && !json_is_string(in))
-                return fail_arg(msg, msglen, "%s must be a string", "stdin");
-        for (size_t i = FIXED_FIELDS; i < c->n_fields; i++) {
-                const char *name = c->fields[i];
-                const json_t *v = json_object_get(args, name);
-                const char *s = json_string_value(v);
-
-                if (!v)
-                        return fail_arg(msg, msglen, "missing parameter \"%s\"", name);
-                if (json_is_integer(v)) {
-                        if (c->leading[i] && json_integer_value(v) < 0)
-                                return fail_arg(msg, msglen, "%s must not be negative: it would "
-                                                "read as an option", name);
-                        continue;
-                }
-                if (!s)
-                        return fail_arg(msg, msglen, "%s must be a string or an integer", name);
-                if (json_string_length(v) > VALUE_MAX || strlen(s) != json_string_length(v))
-                        return fail_arg(msg, msglen, "%s must be at most 65536 bytes, without NUL",
-                                        name);
-                if (c->leading[i] && s[0] == '-')
-                        return fail_arg(msg, msglen, "%s must not start with '-': it would read as "
-                                        "an option", name);
-        }
-        return 0;
-}
-
 /* One argv element being built. */
 struct expand {
         const struct command *command;
@@ -649,6 +598,61 @@ static int argv_build(const struct command *c, const json_t *args, char ***ret)
         }
         *ret = argv;
         return 0;
+}
+
+/* An argument may start with '-' only where its template word does: a
+ * value cannot turn an operand into an option, whether it starts the
+ * argument itself, comes after empty ones, or is empty before a literal
+ * '-' ({p}-n). */
+static int argv_check(const struct command *c, const json_t *args, char *msg, size_t msglen)
+{
+        char **argv;
+        int r;
+
+        r = argv_build(c, args, &argv);
+        if (r < 0)
+                return r;
+        for (size_t i = 1; argv[i] && r == 0; i++)
+                if (argv[i][0] == '-' && c->words[i][0] != '-')
+                        r = fail_arg(msg, msglen, "these args make the argument \"%s\" start "
+                                     "with '-', which would read as an option", c->words[i]);
+        words_free(argv);
+        return r;
+}
+
+static int exec_validate(const json_t *args, char *msg, size_t msglen)
+{
+        const struct command *c;
+        const json_t *in;
+        int r;
+
+        if (!json_is_object(args))
+                return fail_arg(msg, msglen, "%s", "args must be an object");
+        c = args_command(args, msg, msglen);
+        if (!c)
+                return -EINVAL;
+        r = task_args_check_fields(args, (const char *const *)c->fields, msg, msglen);
+        if (r < 0)
+                return r;
+        in = json_object_get(args, "stdin");
+        if (in && !json_is_string(in))
+                return fail_arg(msg, msglen, "%s must be a string", "stdin");
+        for (size_t i = FIXED_FIELDS; i < c->n_fields; i++) {
+                const char *name = c->fields[i];
+                const json_t *v = json_object_get(args, name);
+                const char *s = json_string_value(v);
+
+                if (!v)
+                        return fail_arg(msg, msglen, "missing parameter \"%s\"", name);
+                if (json_is_integer(v))
+                        continue;
+                if (!s)
+                        return fail_arg(msg, msglen, "%s must be a string or an integer", name);
+                if (json_string_length(v) > VALUE_MAX || strlen(s) != json_string_length(v))
+                        return fail_arg(msg, msglen, "%s must be at most 65536 bytes, without NUL",
+                                        name);
+        }
+        return argv_check(c, args, msg, msglen);
 }
 
 /* ---- running ---- */
@@ -830,24 +834,24 @@ static int command_wait(int pidfd, struct input *in, struct output *out, struct 
 
                 if (k < 0 && errno != EINTR)
                         return -errno;
+                if (k > 0) {
+                        if (fds[3].revents)
+                                return -ECANCELED;
+                        if (fds[0].revents)
+                                r = output_event(out);
+                        if (r == 0 && fds[1].revents)
+                                r = output_event(err);
+                        if (r < 0)
+                                return r;
+                        if (fds[2].revents)
+                                input_write(in);
+                        if (fds[4].revents)
+                                return 0;
+                }
                 /* On every turn: a command that writes without pause would
                  * keep poll() from ever timing out. */
                 if (deadline > 0 && task_monotonic() >= deadline)
                         return -ETIMEDOUT;
-                if (k < 0)
-                        continue;
-                if (fds[3].revents)
-                        return -ECANCELED;
-                if (fds[0].revents)
-                        r = output_event(out);
-                if (r == 0 && fds[1].revents)
-                        r = output_event(err);
-                if (r < 0)
-                        return r;
-                if (fds[2].revents)
-                        input_write(in);
-                if (fds[4].revents)
-                        return 0;
         }
 }
 

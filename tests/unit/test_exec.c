@@ -29,7 +29,7 @@
 
 static const struct exec_command commands[] = {
         { "args", "/usr/bin/printf \"[%s]\\n\" {a} x{b}y {{lit}} {a}" },
-        { "affix", "/usr/bin/printf \"[%s]\\n\" {p}x x{q} {r}{s}" },
+        { "affix", "/usr/bin/printf \"[%s]\\n\" {p}x x{q} {r}{s} {t}-n" },
         { "long", "/bin/echo {" LONG_NAME "}" },
         { "cat", "/bin/cat" },
         { "json", "/bin/cat" },
@@ -210,36 +210,38 @@ static void test_validate(void **state)
         assert_invalid("{\"command\": \"cat\", \"stdin\": 5}", "stdin must be a string");
         assert_invalid("{\"command\": \"args\", \"a\": true, \"b\": \"2\"}", "string or an integer");
         assert_invalid("{\"command\": \"args\", \"a\": \"x\\u0000y\", \"b\": \"2\"}", "NUL");
-        /* A value that may begin its argv element must not pass for an
-         * option; after a literal it can do no harm. */
-        assert_invalid("{\"command\": \"args\", \"a\": \"-rf\", \"b\": \"2\"}", "must not start with '-'");
-        assert_invalid("{\"command\": \"args\", \"a\": -1, \"b\": \"2\"}", "negative");
+        /* A value that would begin its argv element with '-' must not pass
+         * for an option; after a literal it can do no harm. */
+        assert_invalid("{\"command\": \"args\", \"a\": \"-rf\", \"b\": \"2\"}", "start with '-'");
+        assert_invalid("{\"command\": \"args\", \"a\": -1, \"b\": \"2\"}", "start with '-'");
         assert_int_equal(validate("{\"command\": \"args\", \"a\": \"1\", \"b\": \"-2\"}", msg,
                                   sizeof(msg)), 0);
         assert_int_equal(validate("{\"command\": \"args\", \"a\": 7, \"b\": -2}", msg, sizeof(msg)), 0);
 }
 
 /* {p}x with "-a" would be the option -ax; x{q} with "-a" is x-a; {r}{s}
- * with r empty would start with s. */
+ * with r empty would start with s; {t}-n with t empty would be -n. */
 static void test_leading_placeholder(void **state)
 {
         char msg[256];
         json_t *r;
 
         assert_invalid("{\"command\": \"affix\", \"p\": \"-a\", \"q\": \"b\", \"r\": \"c\", "
-                       "\"s\": \"d\"}", "p must not start with '-'");
+                       "\"s\": \"d\", \"t\": \"e\"}", "\"{p}x\" start with '-'");
         assert_invalid("{\"command\": \"affix\", \"p\": -1, \"q\": \"b\", \"r\": \"c\", "
-                       "\"s\": \"d\"}", "p must not be negative");
+                       "\"s\": \"d\", \"t\": \"e\"}", "\"{p}x\" start with '-'");
         assert_invalid("{\"command\": \"affix\", \"p\": \"a\", \"q\": \"b\", \"r\": \"\", "
-                       "\"s\": \"-d\"}", "s must not start with '-'");
+                       "\"s\": \"-d\", \"t\": \"e\"}", "\"{r}{s}\" start with '-'");
+        assert_invalid("{\"command\": \"affix\", \"p\": \"a\", \"q\": \"b\", \"r\": \"c\", "
+                       "\"s\": \"d\", \"t\": \"\"}", "\"{t}-n\" start with '-'");
         assert_int_equal(validate("{\"command\": \"affix\", \"p\": \"a\", \"q\": \"-a\", "
-                                  "\"r\": \"c\", \"s\": \"d\"}", msg, sizeof(msg)), 0);
+                                  "\"r\": \"c\", \"s\": \"d\", \"t\": \"e\"}", msg, sizeof(msg)), 0);
         assert_int_equal(validate("{\"command\": \"affix\", \"p\": 7, \"q\": -2, \"r\": \"c\", "
-                                  "\"s\": \"d\"}", msg, sizeof(msg)), 0);
+                                  "\"s\": \"d\", \"t\": 1}", msg, sizeof(msg)), 0);
 
         r = run_ok("{\"command\": \"affix\", \"p\": \"a\", \"q\": \"-a\", \"r\": \"\", "
-                   "\"s\": \"d\"}");
-        assert_string_equal(str(r, "stdout"), "[ax]\n[x-a]\n[d]\n");
+                   "\"s\": \"d\", \"t\": \"e\"}");
+        assert_string_equal(str(r, "stdout"), "[ax]\n[x-a]\n[d]\n[e-n]\n");
         json_decref(r);
 }
 

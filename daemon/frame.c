@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -74,6 +75,16 @@ static int read_all(int fd, void *buf, size_t len)
                 done += (size_t)n;
         }
         return 0;
+}
+
+int frame_set_read_timeout(int fd, double seconds)
+{
+        struct timeval tv = {
+                .tv_sec = (time_t)seconds,
+                .tv_usec = (suseconds_t)((seconds - (double)(time_t)seconds) * 1e6),
+        };
+
+        return setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ? -errno : 0;
 }
 
 int frame_read(int fd, char **ret, size_t *ret_len)

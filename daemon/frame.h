@@ -22,7 +22,13 @@ int frame_try_write(int fd, const void *buf, size_t len);
 /* Reads one message. 0 with *ret (malloc'd, the caller's, NUL-terminated
  * past *ret_len) and *ret_len; an empty message is valid. -EPIPE: the peer
  * closed the socket between messages; -EPROTO: it closed mid-message;
- * -EMSGSIZE: the announced length exceeds FRAME_MAX; else the read error. */
+ * -EMSGSIZE: the announced length exceeds FRAME_MAX; -EAGAIN: fd's read
+ * timeout passed with nothing coming; else the read error. */
 int frame_read(int fd, char **ret, size_t *ret_len);
+
+/* Bounds the silence each of frame_read()'s reads on fd waits out, for a
+ * reader that polls for a message's start and must not block forever on a
+ * peer stalled in the middle of one. 0 or the setsockopt() error. */
+int frame_set_read_timeout(int fd, double seconds);
 
 #endif

@@ -67,6 +67,10 @@
 /* How long a worker told to stop its job may take to answer: killing a
  * process group and reaping it takes milliseconds. */
 #define STOP_GRACE 0.5
+/* How long the pool waits in the middle of a reply: the worker writes it
+ * at once, so only a stalled worker leaves one half-sent. Past this the
+ * worker is killed, rather than the slot thread blocked in a read. */
+#define REPLY_STALL 5.0
 
 enum slot_owner {
         OWNER_THREAD,           /* the slot thread */
@@ -260,6 +264,12 @@ static int slot_spawn(struct slot *sl)
                 r = -errno;
                 goto fail;
         }
+        r = frame_set_read_timeout(sv[0], REPLY_STALL);
+        if (r < 0) {
+                close(sv[0]);
+                close(sv[1]);
+                goto fail;
+        }
         r = spawn_worker(p->exe, sv[1], &pid);
         close(sv[1]);
         if (r < 0) {
@@ -410,7 +420,8 @@ static enum run_end slot_wait(struct slot *sl, double deadline, char **ret_msg, 
          * knows why it interrupted, and the worker need not die. */
         if (fds[0].revents) {
                 r = frame_read(sl->sock, ret_msg, ret_len);
-                if (r == -EMSGSIZE)
+                /* too big, or left half-sent past REPLY_STALL */
+                if (r == -EMSGSIZE || r == -EAGAIN)
                         return RUN_BAD_REPLY;
                 return r < 0 ? RUN_DEAD : RUN_REPLY;
         }

@@ -329,6 +329,15 @@ static void test_frame(void **state)
         /* A peer gone is an error, not SIGPIPE. */
         assert_int_equal(frame_write(sv[1], "x", 1), -EPIPE);
         close(sv[1]);
+
+        /* A message stalled halfway: the read gives up once the timeout
+         * passes in silence, rather than block. */
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        assert_int_equal(frame_set_read_timeout(sv[1], 0.1), 0);
+        assert_int_equal(write(sv[0], "\0\0\0\x0a{\"a\"", 8), 8);
+        assert_int_equal(frame_read(sv[1], &msg, &len), -EAGAIN);
+        close(sv[0]);
+        close(sv[1]);
 }
 
 static void test_bad_exe(void **state)

@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -347,7 +348,8 @@ static size_t on_body(char *data, size_t size, size_t n, void *userdata)
 }
 
 /* Adds a response header under its lowercased name; a repeated one is
- * joined with ", ". A header that is not UTF-8 is left out. */
+ * joined with ", ". A header whose name is not a token or whose value is
+ * not UTF-8 is left out. */
 static int headers_add(json_t *headers, const char *line, size_t len)
 {
         const char *colon = memchr(line, ':', len), *value, *end = line + len;
@@ -366,6 +368,10 @@ static int headers_add(json_t *headers, const char *line, size_t len)
         name = strndup(line, (size_t)(colon - line));
         if (!name)
                 return -ENOMEM;
+        if (!header_name_ok(name)) {
+                free(name);
+                return 0;
+        }
         for (char *c = name; *c; c++)
                 *c = (char)((*c >= 'A' && *c <= 'Z') ? *c - 'A' + 'a' : *c);
 
@@ -540,6 +546,9 @@ static int transfer_set_method(struct transfer *t, const json_t *args)
                 SETOPT(t, CURLOPT_NOBODY, 1L);
                 return 0;
         }
+        /* Not for HEAD: its Content-Length announces a body that never
+         * comes. */
+        SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->cap);
         /* libcurl's POSTFIELDS does not copy: the data lives in args or t */
         if (t->json_body) {
                 SETOPT(t, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(t->json_body));
@@ -552,7 +561,9 @@ static int transfer_set_method(struct transfer *t, const json_t *args)
                 SETOPT(t, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
                 SETOPT(t, CURLOPT_POSTFIELDS, "");
         }
-        if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
+        /* A body makes libcurl send POST, whatever was asked: GET too is
+         * named. */
+        if (strcmp(method, "POST") != 0)
                 SETOPT(t, CURLOPT_CUSTOMREQUEST, method);
         return 0;
 }
@@ -591,7 +602,6 @@ static int transfer_setup(struct transfer *t, const json_t *args)
         SETOPT(t, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
         SETOPT(t, CURLOPT_USERAGENT, "futured");
         SETOPT(t, CURLOPT_HTTPHEADER, t->request_headers);
-        SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->cap);
         SETOPT(t, CURLOPT_WRITEFUNCTION, on_body);
         SETOPT(t, CURLOPT_WRITEDATA, t);
         SETOPT(t, CURLOPT_HEADERFUNCTION, on_header);
@@ -716,19 +726,41 @@ static bool curl_code_retryable(CURLcode c)
         }
 }
 
+/* The seconds a Retry-After header asks for, -1 for none or one that is
+ * neither form. Delay-seconds are read here, saturating: libcurl's own
+ * reading wraps a huge one to 0, which would retry at once. */
+static curl_off_t retry_after_seconds(const struct transfer *t)
+{
+        const char *v = json_string_value(json_object_get(t->headers, "retry-after"));
+        curl_off_t seconds = -1;
+        unsigned long long n;
+
+        if (!v)
+                return -1;
+        if (*v >= '0' && *v <= '9' && v[strspn(v, "0123456789")] == '\0') {
+                errno = 0;
+                n = strtoull(v, NULL, 10);
+                return errno == ERANGE || n > INT64_MAX ? INT64_MAX : (curl_off_t)n;
+        }
+        /* A date; libcurl gives 0 for one past and for what it cannot
+         * read, neither of which asks for a wait. */
+        if (curl_easy_getinfo(t->easy, CURLINFO_RETRY_AFTER, &seconds) != CURLE_OK ||
+            seconds <= 0)
+                return -1;
+        return seconds;
+}
+
 static int fail_status(struct transfer *t, long status, struct task_error *err)
 {
         bool retryable = status == 429 || status >= 500;
         json_t *detail = json_pack("{s:i}", "status", (int)status);
-        curl_off_t retry_after = -1;
+        curl_off_t retry_after = retry_after_seconds(t);
 
         if (!detail || response_put_body(detail, t) < 0) {
                 json_decref(detail);
                 return task_fail(err, "task_error", true, "out of memory");
         }
-        if (json_object_get(t->headers, "retry-after") &&
-            curl_easy_getinfo(t->easy, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK &&
-            retry_after >= 0 &&
+        if (retry_after >= 0 &&
             json_object_set_new(detail, "retry_after", json_integer(retry_after)) < 0) {
                 json_decref(detail);
                 return task_fail(err, "task_error", true, "out of memory");
@@ -743,9 +775,14 @@ static int http_run(struct task_ctx *ctx, const json_t *args, json_t **ret_resul
         struct transfer t = { .easy = NULL };
         CURLcode code = CURLE_OK;
         json_t *result = NULL;
+        char msg[sizeof(err->message)];
         long status = 0;
         int r;
 
+        /* The job may have been stored under another configuration (a
+         * narrower allowlist). */
+        if (http_validate(args, msg, sizeof(msg)) < 0)
+                return task_fail(err, "task_error", false, "%s", msg);
         r = transfer_setup(&t, args);
         if (r == -ENOMEM) {
                 r = task_fail(err, "task_error", true, "out of memory");
@@ -889,10 +926,15 @@ int http_configure(const struct http_options *o, char *err, size_t errlen)
                 r = settings_add_allow(&s, o->allow[i], err, errlen);
         for (size_t i = 0; i < o->n_auth && r == 0; i++) {
                 struct auth_entry *a = &s.auth[i];
+                const char *h = o->auth[i].host, *colon = strrchr(h, ':');
 
-                if (!o->auth[i].host[0] || strpbrk(o->auth[i].host, "/ \t\r\n")) {
-                        snprintf(err, errlen, "auth host \"%s\" is not a host name",
-                                 o->auth[i].host);
+                /* A port would never match: jobs' hosts are compared
+                 * without theirs. An IPv6 address is bracketed, and its
+                 * colons end at the bracket. */
+                if (!h[0] || strpbrk(h, "/ \t\r\n") ||
+                    (colon && (h[0] != '[' || strchr(colon, ']') != h + strlen(h) - 1))) {
+                        snprintf(err, errlen, "auth host \"%s\" is not a host name (no scheme, "
+                                 "port or path)", h);
                         r = -EINVAL;
                         break;
                 }

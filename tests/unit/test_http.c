@@ -1,7 +1,8 @@
 /* tasks/http.c against a stand-in server on loopback: results, the error
  * types and retryability of failing answers, the response cap, transport
- * errors, that a stop or the deadline ends a transfer at once, and that a
- * thread reuses its connections from job to job and no more than that.
+ * errors, that a job is checked again when it runs, that a stop or the
+ * deadline ends a transfer at once, and that a thread reuses its
+ * connections from job to job and no more than that.
  *
  * The server is one thread answering one request at a time by path and
  * counting the connections it accepts. It closes every connection after its
@@ -208,6 +209,24 @@ static void answer_429_date(int fd)
         respond_text(fd, 429, extra, "text/plain", "later");
 }
 
+/* Announces a body far past the cap and sends none of it: a HEAD has none,
+ * and any other request must give up on the announcement alone. */
+static void answer_huge_length(int fd)
+{
+        static const char head[] = "HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                                   "Content-Type: text/plain\r\nContent-Length: 999999999\r\n\r\n";
+
+        send_all(fd, head, sizeof(head) - 1);
+}
+
+static void answer_503_retry_after(int fd, const char *value)
+{
+        char extra[128];
+
+        snprintf(extra, sizeof(extra), "Retry-After: %s\r\n", value);
+        respond_text(fd, 503, extra, "text/plain", "busy");
+}
+
 static enum conn_fate answer(int fd)
 {
         static char buf[256 * 1024];
@@ -228,6 +247,10 @@ static enum conn_fate answer(int fd)
                              "{\"ok\": true, \"n\": [1, 2]}");
         else if (strcmp(path, "/text") == 0)
                 respond_text(fd, 201, "X-Multi: a\r\nX-Multi: b\r\n", "text/plain", "hello");
+        else if (strcmp(path, "/badname") == 0)
+                respond_text(fd, 200, "X-\xff\xfe: 1\r\nX-Good: yes\r\n", "text/plain", "ok");
+        else if (strcmp(path, "/spacename") == 0)
+                respond_text(fd, 200, "X Space: 1\r\nX-Good: yes\r\n", "text/plain", "ok");
         else if (strcmp(path, "/binary") == 0)
                 respond(fd, 200, "", "application/octet-stream", "\xff\xfe\0A", 4);
         else if (strcmp(path, "/badjson") == 0)
@@ -237,6 +260,8 @@ static enum conn_fate answer(int fd)
                              "{\"error\": \"slow down\"}");
         else if (strcmp(path, "/429date") == 0)
                 answer_429_date(fd);
+        else if (strncmp(path, "/503/", 5) == 0)
+                answer_503_retry_after(fd, path + 5);
         else if (strcmp(path, "/500") == 0)
                 respond_text(fd, 500, "", "text/plain", "oops");
         else if (strcmp(path, "/400") == 0)
@@ -245,6 +270,8 @@ static enum conn_fate answer(int fd)
                 answer_big(fd, false);
         else if (strcmp(path, "/bigcl") == 0)
                 answer_big(fd, true);
+        else if (strcmp(path, "/hugecl") == 0)
+                answer_huge_length(fd);
         else if (strcmp(path, "/drop") == 0) {
                 /* announced as kept alive, closed all the same */
                 respond_text(fd, 200, "", "text/plain", "dropped");
@@ -485,6 +512,27 @@ static void test_methods_and_body(void **state)
         json_decref(r);
 }
 
+/* A body does not turn an explicit GET into a POST. */
+static void test_get_with_body(void **state)
+{
+        json_t *r = run_ok(json_pack("{s:s, s:s, s:s}", "url", url("/echo"), "method", "GET",
+                                     "body", "hello"));
+        json_t *echo = json_object_get(r, "json");
+
+        assert_string_equal(json_string_value(json_object_get(echo, "method")), "GET");
+        assert_string_equal(json_string_value(json_object_get(echo, "body")), "hello");
+        json_decref(r);
+
+        r = run_ok(json_pack("{s:s, s:s, s:{s:i}}", "url", url("/echo"), "method", "GET",
+                             "json", "a", 1));
+        echo = json_object_get(r, "json");
+        assert_string_equal(json_string_value(json_object_get(echo, "method")), "GET");
+        assert_string_equal(json_string_value(json_object_get(echo, "content_type")),
+                            "application/json");
+        assert_string_equal(json_string_value(json_object_get(echo, "body")), "{\"a\":1}");
+        json_decref(r);
+}
+
 static void test_json_result(void **state)
 {
         json_t *r = run_ok(json_pack("{s:s}", "url", url("/json")));
@@ -518,6 +566,25 @@ static void test_text_and_binary_result(void **state)
         json_decref(r);
 }
 
+/* A response header whose name is not a token is left out, the others
+ * kept. */
+static void test_bad_header_names(void **state)
+{
+        const char *const paths[] = { "/badname", "/spacename", NULL };
+
+        for (const char *const *p = paths; *p; p++) {
+                json_t *r = run_ok(json_pack("{s:s}", "url", url(*p)));
+                json_t *headers = json_object_get(r, "headers");
+
+                assert_int_equal(json_integer_value(json_object_get(r, "status")), 200);
+                assert_string_equal(json_string_value(json_object_get(headers, "x-good")), "yes");
+                /* connection, content-type, content-length and x-good */
+                assert_int_equal(json_object_size(headers), 4);
+                assert_null(json_object_get(headers, "x space"));
+                json_decref(r);
+        }
+}
+
 static void test_429_retry_after(void **state)
 {
         json_t *d = run_fail(json_pack("{s:s}", "url", url("/429")), "http_status", true);
@@ -532,6 +599,40 @@ static void test_429_retry_after(void **state)
         d = run_fail(json_pack("{s:s}", "url", url("/429date")), "http_status", true);
         assert_in_range(json_integer_value(json_object_get(d, "retry_after")), 27, 31);
         json_decref(d);
+}
+
+/* Delay-seconds past what 64 bits hold saturate, where libcurl's reading
+ * wraps them to 0; a value that is neither form asks for nothing (-1: no
+ * retry_after). */
+static void test_retry_after_saturates(void **state)
+{
+        static const struct {
+                const char *value;
+                json_int_t want;
+        } cases[] = {
+                { "120", 120 },
+                { "9223372036854775807", INT64_MAX },
+                { "9223372036854775808", INT64_MAX },
+                { "99999999999999999999999", INT64_MAX },
+                { "0", 0 },
+                { "soon", -1 },
+                { "0x10", -1 },
+        };
+        char path[64];
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                json_t *d;
+
+                snprintf(path, sizeof(path), "/503/%s", cases[i].value);
+                d = run_fail(json_pack("{s:s}", "url", url(path)), "http_status", true);
+                assert_int_equal(json_integer_value(json_object_get(d, "status")), 503);
+                if (cases[i].want < 0 ? json_object_get(d, "retry_after") != NULL :
+                    json_integer_value(json_object_get(d, "retry_after")) != cases[i].want)
+                        fail_msg("Retry-After: %s gave retry_after %" JSON_INTEGER_FORMAT,
+                                 cases[i].value,
+                                 json_integer_value(json_object_get(d, "retry_after")));
+                json_decref(d);
+        }
 }
 
 static void test_500_retryable(void **state)
@@ -562,6 +663,22 @@ static void test_response_too_large(void **state)
         assert_null(d);
         d = run_fail(json_pack("{s:s}", "url", url("/bigcl")), "response_too_large", false);
         assert_null(d);
+}
+
+/* HEAD's Content-Length announces no body: the cap is no reason to fail.
+ * Any other method still fails on the announcement alone. */
+static void test_head_past_cap(void **state)
+{
+        json_t *r = run_ok(json_pack("{s:s, s:s}", "url", url("/hugecl"), "method", "HEAD"));
+
+        assert_int_equal(json_integer_value(json_object_get(r, "status")), 200);
+        assert_string_equal(json_string_value(json_object_get(json_object_get(r, "headers"),
+                                                              "content-length")), "999999999");
+        assert_string_equal(json_string_value(json_object_get(r, "body")), "");
+        json_decref(r);
+
+        assert_null(run_fail(json_pack("{s:s}", "url", url("/hugecl")), "response_too_large",
+                             false));
 }
 
 static void test_transport_errors(void **state)
@@ -866,6 +983,39 @@ static void test_validate_refusals(void **state)
         configure(NULL, NULL, 0);
 }
 
+/* A job stored under a wider allowlist is refused when it runs, before any
+ * request. */
+static void test_run_revalidates(void **state)
+{
+        char prefix[128], msg[256];
+        const char *const allow[] = { prefix, NULL };
+        struct runner rn = { .args = json_pack("{s:s}", "url", url("/echo")) };
+        unsigned before;
+        pthread_t thread;
+
+        assert_int_equal(srv.task->validate(rn.args, msg, sizeof(msg)), 0);
+        snprintf(prefix, sizeof(prefix), "%s", url("/api/"));
+        configure(allow, NULL, 0);
+        before = accepted_count();
+        /* on a thread of its own, which has no connection to reuse: a
+         * request would be an accepted connection */
+        assert_int_equal(task_ctx_new(task_monotonic() + 10, &rn.ctx), 0);
+        assert_int_equal(pthread_create(&thread, NULL, runner_main, &rn), 0);
+        assert_int_equal(pthread_join(thread, NULL), 0);
+        configure(NULL, NULL, 0);
+
+        assert_true(rn.r < 0);
+        assert_string_equal(rn.err.type, "task_error");
+        assert_false(rn.err.retryable);
+        if (!strstr(rn.err.message, "allowlist"))
+                fail_msg("message \"%s\" lacks \"allowlist\"", rn.err.message);
+        assert_int_equal(accepted_count(), before);
+        task_ctx_free(rn.ctx);
+        json_decref(rn.err.detail);
+
+        json_decref(run_ok(rn.args));
+}
+
 /* Runs args, which must succeed, and checks the Authorization the server
  * saw (NULL: none). */
 static void assert_authorization(json_t *args, const char *want)
@@ -919,6 +1069,36 @@ static void test_configure_refusals(void **state)
         configure(NULL, NULL, 0);
 }
 
+/* An auth host is compared with a job's host, which has no port: one with
+ * a port is refused, a bracketed IPv6 address is not. */
+static void test_configure_auth_hosts(void **state)
+{
+        static const char *const refused[] = {
+                "127.0.0.1:8080", "localhost:80", "::1", "[::1]:8080", "[::1", NULL,
+        };
+        char path[128], err[256], want[64];
+        struct http_auth auth = { .host = "[::1]", .file = path };
+        struct http_options o = { .auth = &auth, .n_auth = 1 };
+        FILE *f;
+
+        snprintf(path, sizeof(path), "%s/key", srv.dir);
+        f = fopen(path, "we");
+        assert_non_null(f);
+        fputs("Bearer sk-secret\n", f);
+        fclose(f);
+
+        assert_int_equal(http_configure(&o, err, sizeof(err)), 0);
+        for (const char *const *host = refused; *host; host++) {
+                auth.host = *host;
+                assert_int_equal(http_configure(&o, err, sizeof(err)), -EINVAL);
+                snprintf(want, sizeof(want), "\"%s\"", *host);
+                if (!strstr(err, want))
+                        fail_msg("message \"%s\" lacks %s", err, want);
+        }
+        configure(NULL, NULL, 0);
+        unlink(path);
+}
+
 static int setup(void **state)
 {
         assert_int_equal(http_global_init(), 0);
@@ -953,12 +1133,16 @@ int main(void)
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_post_json_round_trip),
                 cmocka_unit_test(test_methods_and_body),
+                cmocka_unit_test(test_get_with_body),
                 cmocka_unit_test(test_json_result),
                 cmocka_unit_test(test_text_and_binary_result),
+                cmocka_unit_test(test_bad_header_names),
                 cmocka_unit_test(test_429_retry_after),
+                cmocka_unit_test(test_retry_after_saturates),
                 cmocka_unit_test(test_500_retryable),
                 cmocka_unit_test(test_400_not_retryable),
                 cmocka_unit_test(test_response_too_large),
+                cmocka_unit_test(test_head_past_cap),
                 cmocka_unit_test(test_transport_errors),
                 cmocka_unit_test(test_request_timeout),
                 cmocka_unit_test(test_deadline_aborts),
@@ -969,8 +1153,10 @@ int main(void)
                 cmocka_unit_test(test_requests_independent),
                 cmocka_unit_test(test_reuse_after_failures),
                 cmocka_unit_test(test_validate_refusals),
+                cmocka_unit_test(test_run_revalidates),
                 cmocka_unit_test(test_default_authorization),
                 cmocka_unit_test(test_configure_refusals),
+                cmocka_unit_test(test_configure_auth_hosts),
         };
 
         return cmocka_run_group_tests(tests, setup, teardown);

@@ -33,6 +33,7 @@ struct checkpointer {
         pthread_mutex_t lock;
         pthread_cond_t wake;
         atomic_int due_at;              /* WAL pages that make the next one due */
+        int hook_pages;                 /* the WAL's size at the last commit; writer thread only */
         bool due;
         bool stopping;
 };
@@ -42,6 +43,12 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
         struct checkpointer *c = arg;
 
+        /* The WAL started over (after the checkpoint below, or the
+         * writer's idle one): the next pass is due CHECKPOINT_PAGES into
+         * it, not past where the last pass left the old one. */
+        if (pages < c->hook_pages)
+                atomic_store(&c->due_at, CHECKPOINT_PAGES);
+        c->hook_pages = pages;
         /* The WAL did not start over since the thread copied most of it:
          * a checkpoint here, on the writer's own connection, copies the
          * little that is left and lets its next transaction start the WAL

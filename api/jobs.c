@@ -289,13 +289,30 @@ enum MHD_Result jobs_cancel(struct request *req)
 
 enum MHD_Result jobs_delete(struct request *req)
 {
-        if (!req->resumed) {
-                req->op_job.id = req->id;
-                req->op = (struct wop) { .type = WOP_DELETE, .job = &req->op_job };
-                request_write(req, &req->op);
-                return MHD_YES;
-        }
-        return reply_deleted(req, req->op.result, "job");
+        int64_t batch;
+        struct job *j;
+        int r;
+
+        if (req->resumed)
+                return reply_deleted(req, req->op.result, "job");
+        /* A batch's job goes with its batch: the batch's counts hold it,
+         * and its streams' cursors count on its completion number, which
+         * a restart would hand out again were it the highest. */
+        r = read_job(req, &j);
+        if (r == -ENOENT)
+                return no_such_job(req);
+        if (r < 0)
+                return reply_store_error(req, r);
+        batch = j->batch;
+        job_free(j);
+        if (batch != 0)
+                return reply_error(req, MHD_HTTP_CONFLICT, "in_batch",
+                                   "job %lld belongs to batch %lld: delete the batch",
+                                   (long long) req->id, (long long) batch);
+        req->op_job.id = req->id;
+        req->op = (struct wop) { .type = WOP_DELETE, .job = &req->op_job };
+        request_write(req, &req->op);
+        return MHD_YES;
 }
 
 /* ---- GET /v1/jobs ---- */

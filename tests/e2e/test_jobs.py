@@ -243,6 +243,16 @@ class TestJobs(JobShape, DaemonTestCase):
                 self.assertError(d.request("DELETE", "/v1/jobs/%s" % j["id"]), 404, "not_found", "DELETE twice")
                 self.assertNotIn(j["id"], [x["id"] for x in d.list_all("task=noop")])
 
+        def test_delete_batch_job_is_409(self):
+                d = self.daemon
+                b = d.submit_batch({"task": "noop", "items": [{}] * 2})
+                d.wait_batch(b["id"])
+                jid = d.batch_jobs(b["id"])[0]["id"]
+                self.assertError(d.request("DELETE", "/v1/jobs/%s" % jid), 409, "in_batch", "DELETE a batch's job")
+                self.assertEqual(d.job(jid)["state"], "succeeded")
+                self.assertEqual(d.request("DELETE", "/v1/batches/%s" % b["id"]).status, 204)
+                self.assertError(d.request("GET", "/v1/jobs/%s" % jid), 404, "not_found", "GET a deleted batch's job")
+
         def test_delete_unfinished_is_409(self):
                 d = self.daemon
                 j = d.submit({"task": "sleep", "args": {"seconds": 20}, "timeout": 60})

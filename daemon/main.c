@@ -418,8 +418,11 @@ static int run(int argc, char **argv, struct config *c)
         if (r < 0)
                 return r;
         r = store_open(&so, &store);
-        if (r == -EBUSY) {
-                log_error("cannot open the store %s: it is in use by another futured", c->db);
+        if (r == -EBUSY || r == -EPROTO || r == -EBADMSG) {
+                log_error("cannot open the store %s: %s", c->db,
+                          r == -EBUSY ? "it is in use by another futured" :
+                          r == -EPROTO ? "it was written by a newer futured" :
+                          "it is not a futured database");
                 goto out;
         }
         if (r < 0) {

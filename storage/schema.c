@@ -170,6 +170,20 @@ static int user_version(sqlite3 *db, int *ret)
         return rc == SQLITE_ROW ? 0 : store_errno(rc);
 }
 
+/* -EPROTO for a version no migration of this futured wrote. */
+static int version_check(int version)
+{
+        return version < 0 || (size_t) version > ARRAY_SIZE(migrations) ? -EPROTO : 0;
+}
+
+int schema_check(sqlite3 *db)
+{
+        int version = 0, r;
+
+        r = user_version(db, &version);
+        return r < 0 ? r : version_check(version);
+}
+
 /* Applies the step after the current version, if any. Returns 1 when a step
  * was applied, 0 when the schema is current. */
 static int migrate_step(sqlite3 *db)
@@ -185,10 +199,9 @@ static int migrate_step(sqlite3 *db)
         r = user_version(db, &version);
         if (r < 0)
                 goto rollback;
-        if (version < 0 || (size_t) version > ARRAY_SIZE(migrations)) {
-                r = -EPROTO;
+        r = version_check(version);
+        if (r < 0)
                 goto rollback;
-        }
         if ((size_t) version == ARRAY_SIZE(migrations)) {
                 r = store_exec(db, "COMMIT");
                 return r < 0 ? r : 0;

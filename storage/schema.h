@@ -8,5 +8,8 @@
 /* Brings db up to the newest schema this build knows, one transaction per
  * step. -EPROTO when the database was written by a newer futured. */
 int schema_migrate(sqlite3 *db);
+/* Only reads: 0 when this build knows db's schema (an empty file
+ * included), -EPROTO when it is newer, -EBADMSG when db is no database. */
+int schema_check(sqlite3 *db);
 
 #endif

@@ -280,6 +280,11 @@ int store_open(const struct store_options *o, struct store **ret)
         r = db_open(o->path, SQLITE_OPEN_READWRITE, &s->db);
         if (r < 0)
                 goto fail;
+        /* Before the journal mode changes the file: a newer futured's
+         * database is refused as it is. */
+        r = schema_check(s->db);
+        if (r < 0)
+                goto fail;
         r = set_wal(s->db);
         if (r < 0)
                 goto fail;

@@ -22,7 +22,9 @@ struct store_options {
 };
 
 /* -EBUSY: another process holds the store open (one futured per file:
- * two would run the same jobs and hand out the same completion order). */
+ * two would run the same jobs and hand out the same completion order);
+ * -EPROTO: its schema is newer than this futured knows; -EBADMSG: the file
+ * is not an SQLite database. */
 int store_open(const struct store_options *o, struct store **ret);
 void store_close(struct store *s);
 

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -207,6 +208,30 @@ class TestStartup(unittest.TestCase):
                         self.assertEqual(d.wait(jid)["state"], "succeeded")
                 finally:
                         d.stop()
+
+        def test_store_not_ours(self):
+                """A file that is not an SQLite database, or a database of a
+                newer schema, is refused with a message saying which, and left
+                as it was."""
+                with tempfile.TemporaryDirectory(prefix="futured-e2e-db-") as tmp:
+                        text = os.path.join(tmp, "text.db")
+                        with open(text, "wb") as f:
+                                f.write(b"not a database, only some text long enough for a header\n" * 4)
+                        newer = os.path.join(tmp, "newer.db")
+                        db = sqlite3.connect(newer)
+                        db.execute("PRAGMA user_version = 999")
+                        db.execute("CREATE TABLE t (a)")
+                        db.commit()
+                        db.close()
+                        for path, says in ((text, b"not a futured database"),
+                                           (newer, b"written by a newer futured")):
+                                with open(path, "rb") as f:
+                                        before = f.read()
+                                r = self.run_bin("--listen", "%s:%d" % (HOST, harness.free_port()), "--db", path)
+                                self.assertEqual(r.returncode, 1, r)
+                                self.assertIn(says, r.stderr)
+                                with open(path, "rb") as f:
+                                        self.assertEqual(f.read(), before, "%s was changed" % path)
 
 
 if __name__ == "__main__":

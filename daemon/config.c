@@ -21,6 +21,10 @@
 #include "daemon/log.h"
 #include "tasks/exec.h"
 
+/* The longest line of the config file inih reads whole (see
+ * config_check_lines()). */
+#define CONFIG_LINE_MAX 198
+
 enum cfg_type { CFG_STRING, CFG_TEXT, CFG_UINT, CFG_SIZE, CFG_SECONDS, CFG_SYNC, CFG_LOG_LEVEL };
 
 struct cfg_key {
@@ -244,31 +248,78 @@ static int config_add_command(struct config *c, const char *name, const char *va
         return 0;
 }
 
-static int config_ini_line(void *user, const char *section, const char *name, const char *value)
+static int config_line_apply(struct config *c, const char *section, const char *name,
+                             const char *value, char *err, size_t errlen)
 {
-        struct ini_state *st = user;
-
         if (strcmp(section, "commands") == 0)
-                return config_add_command(st->config, name, value, st->err, st->errlen) == 0;
+                return config_add_command(c, name, value, err, errlen);
 
         for (size_t i = 0; i < N_KEYS; i++)
                 if (strcmp(section, cfg_keys[i].section) == 0 &&
                     strcmp(name, key_name(&cfg_keys[i])) == 0)
-                        return key_set(&cfg_keys[i], st->config, value, st->err, st->errlen) == 0;
-        snprintf(st->err, st->errlen, "unknown key '%s' in section [%s]", name, section);
+                        return key_set(&cfg_keys[i], c, value, err, errlen);
+        snprintf(err, errlen, "unknown key '%s' in section [%s]", name, section);
+        return -EINVAL;
+}
+
+/* inih goes on after an error and returns the first one's line: the
+ * message kept is the first one's too. */
+static int config_ini_line(void *user, const char *section, const char *name, const char *value)
+{
+        struct ini_state *st = user;
+        char why[256];
+
+        if (config_line_apply(st->config, section, name, value, why, sizeof(why)) == 0)
+                return 1;
+        if (!st->err[0])
+                snprintf(st->err, st->errlen, "%s", why);
         return 0;
+}
+
+/* inih reads a line into a buffer of INI_MAX_LINE (200, as Debian builds
+ * it), newline and NUL included, and parses the rest of a longer line as
+ * a line of its own: such a line is refused here, before it is misread.
+ * 0, or -EINVAL with err filled (1-based line numbers). */
+static int config_check_lines(FILE *f, const char *path, char *err, size_t errlen)
+{
+        size_t cap = 0, len;
+        char *line = NULL;
+        ssize_t n;
+        int r = 0;
+
+        for (int no = 1; r == 0 && (n = getline(&line, &cap, f)) >= 0; no++) {
+                len = (size_t)n;
+                while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+                        len--;
+                if (len > CONFIG_LINE_MAX) {
+                        snprintf(err, errlen, "%s:%d: a line of %zu characters; at most %d are read "
+                                 "(give a longer value as a flag)", path, no, len, CONFIG_LINE_MAX);
+                        r = -EINVAL;
+                }
+        }
+        free(line);
+        return r;
 }
 
 static int config_load_file(const char *path, struct config *c, char *err, size_t errlen)
 {
         char why[256] = "";
         struct ini_state st = { c, why, sizeof(why) };
-        int line = ini_parse(path, config_ini_line, &st);
+        FILE *f = fopen(path, "re");
+        int line, r;
 
-        if (line == -1) {
+        if (!f) {
                 snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
                 return -EINVAL;
         }
+        r = config_check_lines(f, path, err, errlen);
+        if (r < 0) {
+                fclose(f);
+                return r;
+        }
+        rewind(f);
+        line = ini_parse_file(f, config_ini_line, &st);
+        fclose(f);
         if (line != 0) {
                 snprintf(err, errlen, "%s:%d: %s", path, line, why[0] ? why : "syntax error");
                 return -EINVAL;
@@ -322,7 +373,7 @@ int config_parse(int argc, char **argv, struct config *ret, char *err, size_t er
          * flags that override it. */
         opterr = 0;
         optind = 1;
-        while ((o = getopt_long(argc, argv, "+c:hV", opts, NULL)) != -1) {
+        while ((o = getopt_long(argc, argv, "+:c:hV", opts, NULL)) != -1) {
                 switch (o) {
                 case 'c':
                         config_file = optarg;

@@ -87,6 +87,10 @@ static void test_flag_order_does_not_matter(void **state)
         assert_int_equal(c.cpu_workers, 5);
 }
 
+/* 200 characters: with its key, a line past what the INI reader takes. */
+#define X50 "https://a.example/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/ "
+#define LONG_VALUE X50 X50 X50 X50
+
 static void test_bad_input(void **state)
 {
         static const struct {
@@ -105,10 +109,16 @@ static void test_bad_input(void **state)
                 { NULL, "--retention", "0", "retention" },
                 { NULL, "--db", "", "db must be" },
                 { NULL, "--no-such-flag", "1", "unknown option" },
+                { NULL, "--io-threads", NULL, "'--io-threads' needs a value" },
+                { NULL, "-c", NULL, "'-c' needs a value" },
                 { "[pools]\nthreads = 4\n", NULL, NULL, "unknown key 'threads'" },
                 { "[nowhere]\nio_threads = 4\n", NULL, NULL, "section [nowhere]" },
                 { "[pools]\nio_threads = lots\n", NULL, NULL, ":2: io_threads" },
                 { "[pools\n", NULL, NULL, ":1:" },
+                /* the first error's line and its own message */
+                { "[pools]\nio_thread = 3\nio_threads = 0\n", NULL, NULL,
+                  ":2: unknown key 'io_thread'" },
+                { "[http]\nallow = " LONG_VALUE "\n", NULL, NULL, ":2: a line of 208 characters" },
         };
 
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

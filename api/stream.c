@@ -271,12 +271,15 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         if (s->error)
                 return MHD_CONTENT_READER_END_WITH_ERROR;
         if (s->sent == s->out.len && !s->last) {
+                double now;
+
                 if (stream_fill(s, true) < 0)
                         return MHD_CONTENT_READER_END_WITH_ERROR;
                 /* Silent for too long with nothing to say: a line that
                  * readers skip, whose write finds a client that left. */
-                if (s->out.len == 0 && !s->last && task_monotonic() < s->until &&
-                    task_monotonic() - s->written_at >= STREAM_KEEPALIVE)
+                now = task_monotonic();
+                if (s->out.len == 0 && !s->last && now < s->until &&
+                    now - s->written_at >= STREAM_KEEPALIVE)
                         strbuf_puts(&s->out, s->sse ? ": keepalive\n\n" : "\n");
                 if (s->out.failed)
                         return MHD_CONTENT_READER_END_WITH_ERROR;

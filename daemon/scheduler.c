@@ -387,8 +387,9 @@ static struct timespec monotonic_after(double seconds)
         return ts;
 }
 
-/* The limiters' clock, in ms: steady, unlike the stored wall-clock times,
- * so that a clock stepped back cannot push a rate's next slot ahead. */
+/* The clock of the limiters and the delayed heaps, in ms: steady, unlike
+ * the stored wall-clock times, so that a clock stepped back holds no rate
+ * slot or retry back. */
 static int64_t steady_ms(void)
 {
         struct timespec ts;

@@ -604,26 +604,24 @@ static int argv_build(const struct command *c, const json_t *args, char ***ret)
  * value cannot turn an operand into an option, whether it starts the
  * argument itself, comes after empty ones, or is empty before a literal
  * '-' ({p}-n). */
-static int argv_check(const struct command *c, const json_t *args, char *msg, size_t msglen)
+static int argv_check(const struct command *c, char **argv, char *msg, size_t msglen)
 {
-        char **argv;
-        int r;
-
-        r = argv_build(c, args, &argv);
-        if (r < 0)
-                return r;
-        for (size_t i = 1; argv[i] && r == 0; i++)
+        for (size_t i = 1; argv[i]; i++)
                 if (argv[i][0] == '-' && c->words[i][0] != '-')
-                        r = fail_arg(msg, msglen, "these args make the argument \"%s\" start "
-                                     "with '-', which would read as an option", c->words[i]);
-        words_free(argv);
-        return r;
+                        return fail_arg(msg, msglen, "these args make the argument \"%s\" start "
+                                        "with '-', which would read as an option", c->words[i]);
+        return 0;
 }
 
-static int exec_validate(const json_t *args, char *msg, size_t msglen)
+/* Checks args; 0 with *ret_command their command and *ret_argv (the
+ * caller's, words_free()) the argv they make; -EINVAL with msg filled, or
+ * -ENOMEM. */
+static int args_argv(const json_t *args, const struct command **ret_command, char ***ret_argv,
+                     char *msg, size_t msglen)
 {
         const struct command *c;
         const json_t *in;
+        char **argv = NULL;
         int r;
 
         if (!json_is_object(args))
@@ -652,7 +650,28 @@ static int exec_validate(const json_t *args, char *msg, size_t msglen)
                         return fail_arg(msg, msglen, "%s must be at most 65536 bytes, without NUL",
                                         name);
         }
-        return argv_check(c, args, msg, msglen);
+        r = argv_build(c, args, &argv);
+        if (r == 0)
+                r = argv_check(c, argv, msg, msglen);
+        if (r < 0) {
+                words_free(argv);
+                return r;
+        }
+        *ret_command = c;
+        *ret_argv = argv;
+        return 0;
+}
+
+static int exec_validate(const json_t *args, char *msg, size_t msglen)
+{
+        const struct command *c;
+        char **argv;
+        int r;
+
+        r = args_argv(args, &c, &argv, msg, msglen);
+        if (r == 0)
+                words_free(argv);
+        return r;
 }
 
 /* ---- running ---- */
@@ -1039,14 +1058,12 @@ static int exec_run(struct task_ctx *ctx, const json_t *args, json_t **ret_resul
         int r, status;
 
         /* The job may have been stored under another configuration. */
-        r = exec_validate(args, msg, sizeof(msg));
-        if (r < 0)
+        r = args_argv(args, &c, &argv, msg, sizeof(msg));
+        if (r == -EINVAL)
                 return task_fail(err, "task_error", false, "%s", msg);
-        c = args_command(args, msg, sizeof(msg));
-        r = argv_build(c, args, &argv);
         if (r < 0)
-                return task_fail(err, "task_error", false, "cannot build the arguments of %s: %s",
-                                 c->name, strerror(-r));
+                return task_fail(err, "task_error", true, "cannot build the arguments: %s",
+                                 strerror(-r));
         r = command_run(argv, json_object_get(args, "stdin"), task_ctx_deadline(ctx), &run, err);
         if (r < 0)
                 goto out;

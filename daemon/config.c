@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "daemon/log.h"
@@ -278,8 +279,9 @@ static int config_ini_line(void *user, const char *section, const char *name, co
 
 /* inih reads a line into a buffer of INI_MAX_LINE (200, as Debian builds
  * it), newline and NUL included, and parses the rest of a longer line as
- * a line of its own: such a line is refused here, before it is misread.
- * 0, or -EINVAL with err filled (1-based line numbers). */
+ * a line of its own, and a NUL byte ends its line: such lines are refused
+ * here, before they are misread. 0, or -EINVAL with err filled (1-based
+ * line numbers). */
 static int config_check_lines(FILE *f, const char *path, char *err, size_t errlen)
 {
         size_t cap = 0, len;
@@ -295,7 +297,14 @@ static int config_check_lines(FILE *f, const char *path, char *err, size_t errle
                         snprintf(err, errlen, "%s:%d: a line of %zu characters; at most %d are read "
                                  "(give a longer value as a flag)", path, no, len, CONFIG_LINE_MAX);
                         r = -EINVAL;
+                } else if (memchr(line, '\0', len)) {
+                        snprintf(err, errlen, "%s:%d: a NUL byte", path, no);
+                        r = -EINVAL;
                 }
+        }
+        if (r == 0 && ferror(f)) {
+                snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+                r = -EINVAL;
         }
         free(line);
         return r;
@@ -306,10 +315,17 @@ static int config_load_file(const char *path, struct config *c, char *err, size_
         char why[256] = "";
         struct ini_state st = { c, why, sizeof(why) };
         FILE *f = fopen(path, "re");
+        struct stat sb;
         int line, r;
 
         if (!f) {
                 snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+                return -EINVAL;
+        }
+        /* A directory opens, and reads as an empty file. */
+        if (fstat(fileno(f), &sb) == 0 && !S_ISREG(sb.st_mode)) {
+                fclose(f);
+                snprintf(err, errlen, "%s: not a regular file", path);
                 return -EINVAL;
         }
         r = config_check_lines(f, path, err, errlen);

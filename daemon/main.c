@@ -283,9 +283,12 @@ static void reload(int argc, char **argv, struct config *c)
                         len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s",
                                                 len ? ", " : "", changed[i]);
         if (fresh.log_level != c->log_level) {
+                /* Said under the more verbose of the two levels, so that a
+                 * lower one does not hide its own notice. */
+                log_set_level(fresh.log_level > c->log_level ? fresh.log_level : c->log_level);
+                log_notice("SIGHUP: the new log_level applies from now on");
                 log_set_level(fresh.log_level);
                 c->log_level = fresh.log_level;
-                log_notice("SIGHUP: the new log_level applies from now on");
                 log_debug("SIGHUP: debug messages are logged now");
         }
         if (list[0])

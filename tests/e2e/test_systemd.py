@@ -467,6 +467,13 @@ class TestSystemd(unittest.TestCase):
                         f.write("[log]\nlog_level = loud\n")
                 d.send_signal(signal.SIGHUP)
                 poll_until(lambda: "nothing changed" in text(), 5, "the bad file refused")
+
+                # A lower level does not hide the notice of its own change.
+                with open(conf, "w") as f:
+                        f.write("[log]\nlog_level = warning\n[jobs]\nmax_pending = 5000\n")
+                d.send_signal(signal.SIGHUP)
+                poll_until(lambda: text().count("the new log_level applies") == 2, 5,
+                           "the notice of the change to warning")
                 self.assertTrue(d.running())
                 self.assertEqual(d.request("GET", "/healthz").status, 200)
 

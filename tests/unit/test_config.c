@@ -168,6 +168,25 @@ static void test_missing_file(void **state)
         assert_non_null(strstr(err, "/nonexistent/futured.conf"));
 }
 
+/* A directory opens and reads as an empty file; a NUL byte ends inih's
+ * line early: both would pass for a file without those settings. */
+static void test_not_a_config_file(void **state)
+{
+        static const char nul[] = "[pools]\n\0io_threads = 3\n";
+        struct config c;
+        char err[256] = "";
+        FILE *f;
+
+        assert_int_equal(parse(&c, err, sizeof(err), "-c", "/tmp", NULL), -EINVAL);
+        assert_non_null(strstr(err, "/tmp: not a regular file"));
+        f = fopen(conf_path, "w");
+        assert_non_null(f);
+        assert_int_equal(fwrite(nul, 1, sizeof(nul) - 1, f), sizeof(nul) - 1);
+        fclose(f);
+        assert_int_equal(parse(&c, err, sizeof(err), "-c", conf_path, NULL), -EINVAL);
+        assert_non_null(strstr(err, ":2: a NUL byte"));
+}
+
 static void test_retry_bounds(void **state)
 {
         struct config c;
@@ -204,6 +223,7 @@ int main(void)
                 cmocka_unit_test(test_bad_input),
                 cmocka_unit_test(test_lists),
                 cmocka_unit_test(test_missing_file),
+                cmocka_unit_test(test_not_a_config_file),
                 cmocka_unit_test(test_retry_bounds),
         };
 

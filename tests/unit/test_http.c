@@ -1031,17 +1031,24 @@ static void assert_authorization(json_t *args, const char *want)
         json_decref(r);
 }
 
-static void test_default_authorization(void **state)
+/* The auth file of the tests, in srv.dir; its path into path. */
+static void write_key(char *path, size_t size)
 {
-        char path[128];
-        struct http_auth auth = { .host = "127.0.0.1", .file = path };
         FILE *f;
 
-        snprintf(path, sizeof(path), "%s/key", srv.dir);
+        snprintf(path, size, "%s/key", srv.dir);
         f = fopen(path, "we");
         assert_non_null(f);
         fputs("Bearer sk-secret\n", f);
         fclose(f);
+}
+
+static void test_default_authorization(void **state)
+{
+        char path[128];
+        struct http_auth auth = { .host = "127.0.0.1", .file = path };
+
+        write_key(path, sizeof(path));
         configure(NULL, &auth, 1);
 
         /* on one kept-alive connection: each request has its own */
@@ -1079,13 +1086,8 @@ static void test_configure_auth_hosts(void **state)
         char path[128], err[256], want[64];
         struct http_auth auth = { .host = "[::1]", .file = path };
         struct http_options o = { .auth = &auth, .n_auth = 1 };
-        FILE *f;
 
-        snprintf(path, sizeof(path), "%s/key", srv.dir);
-        f = fopen(path, "we");
-        assert_non_null(f);
-        fputs("Bearer sk-secret\n", f);
-        fclose(f);
+        write_key(path, sizeof(path));
 
         assert_int_equal(http_configure(&o, err, sizeof(err)), 0);
         for (const char *const *host = refused; *host; host++) {

@@ -267,9 +267,11 @@ static void upload_settle(struct upload *u)
                         upload_sealed(u);
                 break;
         default:
-                /* ABORT: whatever came of it, the batch is not open any
-                 * more for this upload (recovery deletes one that stayed). */
-                u->open = false;
+                /* ABORT: open while chunks of the batch are left, unless
+                 * the server stops; else, whatever came of it, not open
+                 * any more for this upload (recovery deletes what stayed). */
+                u->open = r == 0 && u->op.count == WRITER_CHUNK &&
+                          !atomic_load(&u->api->stopping);
                 return;
         }
         if (r < 0)
@@ -951,6 +953,7 @@ static void batch_release(void *b)
 enum MHD_Result batches_delete(struct request *req)
 {
         struct batch *b;
+        bool more;
 
         if (!req->resumed) {
                 b = batch_new();
@@ -963,5 +966,21 @@ enum MHD_Result batches_delete(struct request *req)
                 request_write(req, &req->op);
                 return MHD_YES;
         }
-        return reply_deleted(req, req->op.result, "batch");
+        if (req->op.type == WOP_BATCH_DELETE && (req->op.result < 0 || req->op.count < WRITER_CHUNK))
+                return reply_deleted(req, req->op.result, "batch");
+        /* The batch is hidden and its first chunk gone: it is deleted for
+         * every client, and recovery deletes what a crash would leave of
+         * it. The rest goes chunk by chunk as an aborted upload's does,
+         * until a chunk fails or the server stops, which leave it to the
+         * next start. */
+        more = req->op.result == 0 && req->op.count == WRITER_CHUNK;
+        if (more && !atomic_load(&req->api->stopping)) {
+                req->op = (struct wop) { .type = WOP_BATCH_ABORT, .batch = req->ctx };
+                request_write(req, &req->op);
+                return MHD_YES;
+        }
+        if (more || (req->op.result < 0 && req->op.result != -ENOENT))
+                log_warning("batch %lld: deleted; the rest of its jobs go at the next start (%s)",
+                            (long long) req->id, more ? "stopping" : strerror(-req->op.result));
+        return reply_deleted(req, 0, "batch");
 }

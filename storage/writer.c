@@ -18,9 +18,9 @@
  * An op that changes several rows either changes all it should or, when it
  * fails alone, nothing: BATCH_ITEMS runs inside a savepoint it rolls back
  * to. The counters of a batch (schema.c) change in the same transaction as
- * the jobs they count. Ops over a whole batch (CANCEL, PURGE) touch at most
- * WRITER_CHUNK jobs each, so that one op cannot hold the writer for long;
- * ABORT and BATCH_DELETE take the batch whole.
+ * the jobs they count. Ops over a whole batch (CANCEL, ABORT, DELETE,
+ * PURGE) touch at most WRITER_CHUNK jobs each, so that one op cannot hold
+ * the writer for long (a million jobs take seconds to delete).
  *
  * seq is the last completion-order number handed out; only the writer
  * thread touches it, and a rolled-back transaction gives its numbers back.
@@ -108,11 +108,11 @@ enum stmt {
         ST_BATCH_SEAL,
         ST_BATCH_COUNT,
         ST_BATCH_CANCEL,
+        ST_BATCH_HIDE,
         ST_BATCH_JOBS_DELETE,
         ST_BATCH_DELETE,
         ST_PURGE_JOBS,
         ST_PURGE_OLDEST,
-        ST_PURGE_BATCH_JOBS,
         ST__FIXED,                      /* those above: SQL in stmt_sql[] */
         ST_INSERT = ST__FIXED,          /* one row */
         ST_INSERT_MANY,                 /* ITEMS_ROWS rows */
@@ -165,13 +165,16 @@ static const char *const stmt_sql[ST__FIXED] = {
                             "              AND batch = ?1 "
                             "            ORDER BY id LIMIT ?4)) AS c "
                             "WHERE jobs.id = c.id",
-        [ST_BATCH_JOBS_DELETE] = "DELETE FROM jobs WHERE batch = ?1",
+        /* Unsealed, a batch exists for no reader and recovery deletes it:
+         * what a delete does first, so that its later chunks need not be
+         * in the same transaction. */
+        [ST_BATCH_HIDE] = "UPDATE batches SET sealed = 0 WHERE id = ?1",
+        [ST_BATCH_JOBS_DELETE] = "DELETE FROM jobs WHERE id IN "
+                                 "(SELECT id FROM jobs WHERE batch = ?1 LIMIT ?2)",
         [ST_BATCH_DELETE] = "DELETE FROM batches WHERE id = ?1",
         [ST_PURGE_JOBS] = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs "
                           "WHERE batch IS NULL AND finished_at < ?1 ORDER BY finished_at LIMIT ?2)",
         [ST_PURGE_OLDEST] = "SELECT id FROM batches WHERE finished_at < ?1 ORDER BY finished_at LIMIT 1",
-        [ST_PURGE_BATCH_JOBS] = "DELETE FROM jobs WHERE id IN "
-                                "(SELECT id FROM jobs WHERE batch = ?1 LIMIT ?2)",
 };
 
 struct writer {
@@ -608,15 +611,43 @@ static int apply_batch_whole(struct writer *w, struct wop *op)
         return rc == SQLITE_DONE ? 0 : store_errno(rc);
 }
 
-/* The batch row and all its jobs. */
-static int delete_batch(struct writer *w, int64_t id)
+/* Runs a DELETE of at most ?2 rows chosen by ?1; returns how many went, or
+ * a store failure. */
+static int64_t delete_chunk(struct writer *w, sqlite3_stmt *st, int64_t key, int64_t limit)
 {
+        int rc = SQLITE_OK;
+
+        store_bind_int64(st, 1, key, &rc);
+        store_bind_int64(st, 2, limit, &rc);
+        if (rc == SQLITE_OK)
+                rc = step(st);
+        return rc == SQLITE_DONE ? sqlite3_changes(w->db) : store_errno(rc);
+}
+
+/* At most limit of batch id's jobs, and its row when they were its last;
+ * returns how many jobs went, or a store failure. When limit went, the
+ * row stays for the next chunk to find, even if none is left. */
+static int64_t forget_batch(struct writer *w, int64_t id, int64_t limit)
+{
+        int64_t n = delete_chunk(w, w->st[ST_BATCH_JOBS_DELETE], id, limit);
         int rc;
 
-        rc = step_id(w->st[ST_BATCH_JOBS_DELETE], id);
-        if (rc == SQLITE_DONE)
-                rc = step_id(w->st[ST_BATCH_DELETE], id);
-        return rc == SQLITE_DONE ? 0 : store_errno(rc);
+        if (n < 0 || n == limit)
+                return n;
+        rc = step_id(w->st[ST_BATCH_DELETE], id);
+        return rc == SQLITE_DONE ? n : store_errno(rc);
+}
+
+/* One chunk of op's batch, found unsealed or just hidden. */
+static int abort_chunk(struct writer *w, struct wop *op)
+{
+        int64_t n = forget_batch(w, op->batch->id, WRITER_CHUNK);
+
+        if (n < 0)
+                return (int) n;
+        op->count = (size_t) n;
+        op->result = 0;
+        return 0;
 }
 
 static int apply_batch_abort(struct writer *w, struct wop *op)
@@ -624,20 +655,21 @@ static int apply_batch_abort(struct writer *w, struct wop *op)
         struct batch_row row;
         int r;
 
+        op->count = 0;
         r = batch_find(w, op, false, &row);
         if (r <= 0)
                 return r;
-        r = delete_batch(w, op->batch->id);
-        if (r == 0)
-                op->result = 0;
-        return r;
+        return abort_chunk(w, op);
 }
 
+/* Hides the batch first: the chunks after this op's are ABORTs, and a
+ * crash between them leaves an unsealed batch, which recovery deletes. */
 static int apply_batch_delete(struct writer *w, struct wop *op)
 {
         struct batch_row row;
-        int r;
+        int rc, r;
 
+        op->count = 0;
         r = batch_find(w, op, true, &row);
         if (r <= 0)
                 return r;
@@ -645,10 +677,10 @@ static int apply_batch_delete(struct writer *w, struct wop *op)
                 op->result = -EBUSY;
                 return 0;
         }
-        r = delete_batch(w, op->batch->id);
-        if (r == 0)
-                op->result = 0;
-        return r;
+        rc = step_id(w->st[ST_BATCH_HIDE], op->batch->id);
+        if (rc != SQLITE_DONE)
+                return store_errno(rc);
+        return abort_chunk(w, op);
 }
 
 static int apply_batch_cancel(struct writer *w, struct wop *op)
@@ -700,19 +732,6 @@ static int oldest_finished_batch(struct writer *w, int64_t cutoff, int64_t *ret)
         return rc == SQLITE_DONE ? 0 : store_errno(rc);
 }
 
-/* Runs a DELETE of at most ?2 rows chosen by ?1; returns how many went, or
- * a store failure. */
-static int64_t delete_chunk(struct writer *w, sqlite3_stmt *st, int64_t key, int64_t limit)
-{
-        int rc = SQLITE_OK;
-
-        store_bind_int64(st, 1, key, &rc);
-        store_bind_int64(st, 2, limit, &rc);
-        if (rc == SQLITE_OK)
-                rc = step(st);
-        return rc == SQLITE_DONE ? sqlite3_changes(w->db) : store_errno(rc);
-}
-
 /* Standalone jobs first, then whole batches, WRITER_CHUNK jobs in all. A
  * batch with more jobs than the chunk has left loses only jobs here; its
  * row goes in the op that deletes its last job, so the next op finds it
@@ -720,7 +739,7 @@ static int64_t delete_chunk(struct writer *w, sqlite3_stmt *st, int64_t key, int
 static int apply_purge(struct writer *w, struct wop *op)
 {
         int64_t left = WRITER_CHUNK, batch = 0, n;
-        int rc, r;
+        int r;
 
         op->count = 0;
         n = delete_chunk(w, w->st[ST_PURGE_JOBS], op->cutoff, left);
@@ -734,15 +753,10 @@ static int apply_purge(struct writer *w, struct wop *op)
                                 return r;
                         break;
                 }
-                n = delete_chunk(w, w->st[ST_PURGE_BATCH_JOBS], batch, left);
+                n = forget_batch(w, batch, left);
                 if (n < 0)
                         return (int) n;
                 left -= n;
-                if (left == 0)
-                        break;
-                rc = step_id(w->st[ST_BATCH_DELETE], batch);
-                if (rc != SQLITE_DONE)
-                        return store_errno(rc);
         }
         op->count = (size_t) (WRITER_CHUNK - left);
         op->result = 0;

@@ -38,13 +38,19 @@ enum wop_type {
                                  * each job's batch and index are set by the
                                  * caller; fills their ids and created_at */
         WOP_BATCH_SEAL,         /* batch->size items stored: visible from now on */
-        WOP_BATCH_ABORT,        /* forget the unsealed batch and its jobs */
+        /* Forget the unsealed batch and its jobs, at most WRITER_CHUNK
+         * jobs per op and the row with the last: op->count says how many
+         * jobs went; the caller pushes again while it is WRITER_CHUNK. */
+        WOP_BATCH_ABORT,
         /* Every pending job of the sealed batch ends cancelled, each with its
          * own seq, at most WRITER_CHUNK per op: op->count says how many; the
          * caller pushes again while it is WRITER_CHUNK. */
         WOP_BATCH_CANCEL,
         /* Forget a sealed batch and its jobs; -EBUSY while any is pending or
-         * running, -ENOENT when there is no such sealed batch. */
+         * running, -ENOENT when there is no such sealed batch. The batch is
+         * unsealed (gone for readers) and loses its first WRITER_CHUNK
+         * jobs: when op->count is WRITER_CHUNK, the caller goes on with
+         * BATCH_ABORT. */
         WOP_BATCH_DELETE,
         /* Retention: delete at most WRITER_CHUNK finished jobs outside
          * batches and whole finished batches (their jobs counted) whose
@@ -61,7 +67,7 @@ struct wop {
         struct job **jobs;      /* WOP_BATCH_ITEMS; not owned */
         size_t n_jobs;
         int64_t cutoff;         /* WOP_PURGE: ms since the epoch */
-        size_t count;           /* out: WOP_BATCH_CANCEL, WOP_PURGE */
+        size_t count;           /* out: WOP_BATCH_ABORT, _CANCEL, _DELETE, WOP_PURGE */
         /* Out: 0, or:
          * SUBMIT: -EEXIST when job->key was taken (job->id is then the
          *   existing job's);

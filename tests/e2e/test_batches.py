@@ -428,6 +428,27 @@ class TestManyChunks(BatchChecks, DaemonTestCase):
                 self.assertEqual(unsealed(self.daemon.db), (0, 0), "an unsealed batch stayed")
                 self.assertHealthy()
 
+        def assertDeleted(self, bid, jobs):
+                """DELETE of a batch of several chunks: gone for clients at
+                the 204, gone from the file too (it is deleted a chunk per
+                transaction)."""
+                d = self.daemon
+                counts = d.job_counts()
+                r = d.request("DELETE", "/v1/batches/%s" % bid)
+                self.assertEqual(r.status, 204, r)
+                for path in ("/v1/batches/%s" % bid, "/v1/jobs/%s" % jobs[0]["id"], "/v1/jobs/%s" % jobs[-1]["id"]):
+                        self.assertError(d.request("GET", path), 404, "not_found", "GET %s after DELETE" % path)
+                self.assertEqual(d.batch_jobs(bid), [])
+                counts["succeeded"] -= len(jobs)
+                self.assertEqual(d.job_counts(), counts)
+                db = sqlite3.connect(d.db, isolation_level=None, timeout=5)
+                try:
+                        left = db.execute("SELECT (SELECT count(*) FROM batches WHERE id = ?), "
+                                          "(SELECT count(*) FROM jobs WHERE batch = ?)", (int(bid), int(bid))).fetchone()
+                finally:
+                        db.close()
+                self.assertEqual(left, (0, 0), "the deleted batch's row and jobs left in the store")
+
         def test_ndjson_and_items(self):
                 d = self.daemon
                 n = 3 * CHUNK + 123
@@ -439,6 +460,7 @@ class TestManyChunks(BatchChecks, DaemonTestCase):
                 jobs = d.batch_jobs(b["id"])
                 self.assertEqual([j["index"] for j in jobs], list(range(n)))
                 self.assertEqual([j["result"]["i"] for j in jobs], list(range(n)))
+                self.assertDeleted(b["id"], jobs)
                 n = 2 * CHUNK + 1
                 b = d.submit_batch({"task": "noop", "items": [{"i": i} for i in range(n)]})
                 self.assertBatch(b, size=n)

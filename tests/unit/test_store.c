@@ -1474,7 +1474,8 @@ static void test_batch_cancel_delete(void **state)
 {
         struct fixture *f = *state;
         struct batch *b, *got;
-        struct job **jobs, *other;
+        struct job **jobs, *other, *got_job;
+        int64_t counts[JOB_STATE__COUNT];
         struct seq_check sc = { 0 };
         size_t count, total = 0;
         int ops = 0;
@@ -1521,9 +1522,28 @@ static void test_batch_cancel_delete(void **state)
         assert_true(got->finished_at > 0);
         assert_int_equal(got->counts[JOB_FAILED], 1);
         batch_free(got);
-        assert_int_equal(batch_op(f, WOP_BATCH_DELETE, b, NULL), 0);
+        /* The delete hides the batch with its first chunk; ABORTs take
+         * the rest, the row with the last. */
+        assert_int_equal(batch_op(f, WOP_BATCH_DELETE, b, &count), 0);
+        assert_int_equal(count, WRITER_CHUNK);
         assert_int_equal(store_get_batch(f->reader, b->id, &got), -ENOENT);
+        assert_int_equal(store_get_job(f->reader, jobs[BIG_BATCH - 1]->id, &got_job), -ENOENT);
+        assert_int_equal(store_count_states(f->reader, counts), 0);
+        assert_int_equal(counts[JOB_CANCELLED] + counts[JOB_FAILED] + counts[JOB_SUCCEEDED], 1);
+        assert_int_equal(batch_op(f, WOP_BATCH_DELETE, b, NULL), -ENOENT);
+        assert_int_equal(batch_op(f, WOP_BATCH_CANCEL, b, NULL), -ENOENT);
+        total = count;
+        ops = 1;
+        do {
+                assert_int_equal(batch_op(f, WOP_BATCH_ABORT, b, &count), 0);
+                total += count;
+                ops++;
+        } while (count == WRITER_CHUNK);
+        assert_int_equal(total, BIG_BATCH);
+        assert_int_equal(ops, 3);
         assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM jobs"), 1);
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM batches"), 0);
+        assert_int_equal(batch_op(f, WOP_BATCH_ABORT, b, NULL), -ENOENT);
         assert_int_equal(batch_op(f, WOP_BATCH_DELETE, b, NULL), -ENOENT);
         assert_int_equal(batch_op(f, WOP_BATCH_CANCEL, b, NULL), -ENOENT);
 
@@ -1638,10 +1658,11 @@ static void test_recover_batches(void **state)
 {
         struct fixture *f = *state;
         struct store_options o = { .path = f->tmp.path, .sync_full = true };
-        struct batch *b1, *b2, *b3, *done_b, *open_b, *got;
-        struct job **j1, **j2, **j3, **jd, **jo, *alone, *job;
+        struct batch *b1, *b2, *b3, *done_b, *open_b, *gone, *got;
+        struct job **j1, **j2, **j3, **jd, **jo, **jg, *alone, *job;
         struct recovered rec = { .jobs.n = 0 };
         int64_t before;
+        size_t count;
 
         store_up(f);
         /* b1: one finished, one running with no attempt left, one pending. */
@@ -1669,6 +1690,16 @@ static void test_recover_batches(void **state)
         jo = make_items(open_b, 2);
         assert_int_equal(batch_items(f, open_b, jo, 2), 0);
         alone = submit(f, "noop", NULL);
+        /* gone: a delete of a batch bigger than a chunk, cut short after
+         * its first op by the crash. */
+        gone = upload(f, WRITER_CHUNK + 1, 5000, &jg);
+        do
+                assert_int_equal(batch_op(f, WOP_BATCH_CANCEL, gone, &count), 0);
+        while (count == WRITER_CHUNK);
+        assert_int_equal(batch_op(f, WOP_BATCH_DELETE, gone, &count), 0);
+        assert_int_equal(count, WRITER_CHUNK);
+        assert_int_equal(store_get_batch(f->reader, gone->id, &got), -ENOENT);
+        assert_int_equal(store_get_job(f->reader, jg[WRITER_CHUNK]->id, &job), -ENOENT);
         store_down(f);
 
         before = job_now_ms();
@@ -1688,6 +1719,8 @@ static void test_recover_batches(void **state)
         assert_int_equal(rec.batches[1], b2->id);
         assert_int_equal(rec.priorities[1], -2);
         assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM batches WHERE sealed = 0"), 0);
+        assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM jobs WHERE batch IS NOT NULL"),
+                         3 + 1 + 1 + 1);
         assert_int_equal(query_int64(f->tmp.path, "SELECT count(*) FROM jobs WHERE batch IS NOT NULL "
                                               "AND batch NOT IN (SELECT id FROM batches)"),
                          0);
@@ -1724,7 +1757,9 @@ static void test_recover_batches(void **state)
         free_items(j3, 1);
         free_items(jd, 1);
         free_items(jo, 2);
+        free_items(jg, WRITER_CHUNK + 1);
         job_free(alone);
+        batch_free(gone);
         batch_free(b1);
         batch_free(b2);
         batch_free(b3);

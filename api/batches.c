@@ -616,6 +616,10 @@ static enum MHD_Result submit_json(struct request *req)
                 return reply_error(req, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
                                    "?format= takes a JSONL file: send it with Content-Type: "
                                    "application/x-ndjson");
+        if (!u && MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, NULL, NULL) > 0)
+                return reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_request",
+                                   "a JSON batch has its fields in the body; the query string "
+                                   "is for an NDJSON one");
         if (!u) {
                 ret = json_start(req, &u);
                 if (!req->ctx)
@@ -642,12 +646,13 @@ static enum MHD_Result submit_json(struct request *req)
 
 struct query {
         json_t *obj;
-        const char *unknown;    /* the first argument that is not a default */
         bool oom;
 };
 
-/* Numbers come as JSON text, so they are checked as in a JSON batch; what
- * does not parse as JSON stays a string, which those checks refuse. */
+/* The route lets through only the batch fields (and format, base_url),
+ * each once. Numbers come as JSON text, so they are checked as in a JSON
+ * batch; what does not parse as JSON stays a string, which those checks
+ * refuse. */
 static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
                                  const char *value)
 {
@@ -660,19 +665,8 @@ static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char 
                 return MHD_YES;
         if (!value)
                 value = "";
-        if (strcmp(key, "task") != 0 && strcmp(key, "kind") != 0) {
-                const char *const *f;
-
-                for (f = batch_fields; *f; f++)
-                        if (strcmp(*f, key) == 0 && strcmp(key, "items") != 0 &&
-                            strcmp(key, "jobs") != 0)
-                                break;
-                if (!*f) {
-                        q->unknown = key;
-                        return MHD_NO;
-                }
+        if (strcmp(key, "task") != 0 && strcmp(key, "kind") != 0)
                 v = json_loads(value, JSON_DECODE_ANY, NULL);
-        }
         if (!v)
                 v = json_string(value);
         if (!v || json_object_set_new(q->obj, key, v) < 0) {
@@ -734,13 +728,6 @@ static enum MHD_Result ndjson_start(struct request *req)
                 MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, query_arg, &q);
         if (!q.obj || q.oom)
                 goto fail;
-        if (q.unknown) {
-                json_decref(q.obj);
-                return reply_error(req, MHD_HTTP_BAD_REQUEST, "unknown_field",
-                                   "unknown query argument \"%.64s\"; an NDJSON batch takes "
-                                   "task, kind, timeout, max_attempts, priority, limits, "
-                                   "format and base_url", q.unknown);
-        }
         r = spec_batch_defaults(q.obj, req->api->o.default_timeout, &d, &err);
         if (r == 0)
                 r = openai_query(req, &d, &base_url, &err);

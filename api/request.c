@@ -100,7 +100,7 @@ enum MHD_Result request_begin(struct request *req, const char *url, const char *
         struct api *a = req->api;
         const char *length, *type, *authorization;
         unsigned long long announced;
-        char allow[64];
+        char allow[64], message[192];
         int r;
 
         req->begun = true;
@@ -126,6 +126,12 @@ enum MHD_Result request_begin(struct request *req, const char *url, const char *
                                         "this method is not allowed here; allowed: %s", allow);
         if (r < 0)
                 return reply_error(req, MHD_HTTP_NOT_FOUND, "not_found", "no such resource");
+        /* A misspelt filter or a second value must not go unnoticed: the
+         * answer would look right and not be. */
+        r = route_check_query(req->route, req->conn, message, sizeof(message));
+        if (r < 0)
+                return reply_error(req, MHD_HTTP_BAD_REQUEST,
+                                   r == -ENOENT ? "unknown_field" : "invalid_request", "%s", message);
 
         type = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
                                            MHD_HTTP_HEADER_CONTENT_TYPE);

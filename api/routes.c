@@ -8,22 +8,26 @@
 #include <stdio.h>
 #include <string.h>
 
+#define BATCH_QUERY "task kind timeout max_attempts priority limits format base_url"
+
 static const struct route routes[] = {
-        { "POST", "/v1/jobs", ROUTE_BODY, jobs_submit },
-        { "GET", "/v1/jobs", 0, jobs_list },
-        { "GET", "/v1/jobs/{id}", 0, jobs_get },
-        { "DELETE", "/v1/jobs/{id}", 0, jobs_delete },
-        { "POST", "/v1/jobs/{id}/cancel", 0, jobs_cancel },
-        { "POST", "/v1/batches", ROUTE_BODY | ROUTE_NDJSON, batches_submit },
-        { "GET", "/v1/batches/{id}", 0, batches_get },
-        { "DELETE", "/v1/batches/{id}", 0, batches_delete },
-        { "POST", "/v1/batches/{id}/cancel", 0, batches_cancel },
-        { "GET", "/v1/batches/{id}/results", 0, stream_results },
-        { "POST", "/v1/wait", ROUTE_BODY, wait_post },
-        { "GET", "/v1/tasks", 0, misc_tasks },
-        { "GET", "/v1/stats", 0, misc_stats },
-        { "GET", "/healthz", ROUTE_OPEN, misc_healthz },
-        { "GET", "/metrics", 0, metrics_get },
+        { "POST", "/v1/jobs", ROUTE_BODY, jobs_submit, NULL },
+        { "GET", "/v1/jobs", 0, jobs_list, "state task batch limit cursor" },
+        { "GET", "/v1/jobs/{id}", 0, jobs_get, "wait" },
+        { "DELETE", "/v1/jobs/{id}", 0, jobs_delete, NULL },
+        { "POST", "/v1/jobs/{id}/cancel", 0, jobs_cancel, NULL },
+        /* The query: an NDJSON body's batch fields (a JSON body has them
+         * in it). */
+        { "POST", "/v1/batches", ROUTE_BODY | ROUTE_NDJSON, batches_submit, BATCH_QUERY },
+        { "GET", "/v1/batches/{id}", 0, batches_get, NULL },
+        { "DELETE", "/v1/batches/{id}", 0, batches_delete, NULL },
+        { "POST", "/v1/batches/{id}/cancel", 0, batches_cancel, NULL },
+        { "GET", "/v1/batches/{id}/results", 0, stream_results, "order after wait format" },
+        { "POST", "/v1/wait", ROUTE_BODY, wait_post, NULL },
+        { "GET", "/v1/tasks", 0, misc_tasks, NULL },
+        { "GET", "/v1/stats", 0, misc_stats, NULL },
+        { "GET", "/healthz", ROUTE_OPEN, misc_healthz, NULL },
+        { "GET", "/metrics", 0, metrics_get, NULL },
 };
 
 #define ROUTES (sizeof(routes) / sizeof(routes[0]))
@@ -111,4 +115,65 @@ int route_find(const char *method, const char *path, const struct route **ret,
                         allow_add(allow, allowlen, "HEAD");
         }
         return path_known ? -EOPNOTSUPP : -ENOENT;
+}
+
+/* The place of key among the words of list, or -1. */
+static int word_index(const char *list, const char *key)
+{
+        size_t n = strlen(key);
+        int i = 0;
+
+        for (const char *w = list; w && *w; i++) {
+                size_t len = strcspn(w, " ");
+
+                if (len == n && memcmp(w, key, n) == 0)
+                        return i;
+                w += len;
+                w += *w == ' ';
+        }
+        return -1;
+}
+
+struct query_check {
+        const char *list;
+        unsigned seen;          /* bit i: word i of list came */
+        const char *bad;        /* the first key refused */
+        bool twice;
+};
+
+static enum MHD_Result query_check_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       const char *value)
+{
+        struct query_check *c = cls;
+        int i = word_index(c->list, key);
+
+        (void) kind;
+        /* "?&limit=1": an empty piece, not an argument. */
+        if (!*key && !value)
+                return MHD_YES;
+        if (i < 0 || (c->seen & (1u << i))) {
+                c->bad = key;
+                c->twice = i >= 0;
+                return MHD_NO;
+        }
+        c->seen |= 1u << i;
+        return MHD_YES;
+}
+
+int route_check_query(const struct route *r, struct MHD_Connection *conn, char *msg,
+                      size_t msglen)
+{
+        struct query_check c = { .list = r->query };
+
+        MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, query_check_arg, &c);
+        if (!c.bad)
+                return 0;
+        if (c.twice) {
+                snprintf(msg, msglen, "query argument \"%.64s\" given twice", c.bad);
+                return -EEXIST;
+        }
+        snprintf(msg, msglen, "unknown query argument \"%.64s\"; %s %s takes %s%s", c.bad,
+                 r->method, r->pattern, r->query ? "these: " : "no query arguments",
+                 r->query ? r->query : "");
+        return -ENOENT;
 }

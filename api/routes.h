@@ -26,6 +26,8 @@ struct route {
         const char *pattern;    /* "{id}": a decimal integer > 0, no leading 0 */
         unsigned flags;
         enum MHD_Result (*handler)(struct request *req);
+        /* The query arguments it takes, space-separated; NULL: none. */
+        const char *query;
 };
 
 /* The row for method and path, with the path's id (0 when none). -ENOENT
@@ -34,6 +36,12 @@ struct route {
  * served as GET. */
 int route_find(const char *method, const char *path, const struct route **ret,
                int64_t *ret_id, char *allow, size_t allowlen);
+
+/* 0 when each query argument of conn is one that r takes, given once.
+ * Else -ENOENT for one it does not take, -EEXIST for one given twice, with
+ * a message saying which in msg. */
+int route_check_query(const struct route *r, struct MHD_Connection *conn, char *msg,
+                      size_t msglen);
 
 /* The rows of the table, 0 .. route_count() - 1, for counting by route. */
 size_t route_count(void);

@@ -98,6 +98,22 @@ BAD = [
         ("list limit text", "GET", "/v1/jobs?limit=ten", None, 400, "invalid_request"),
         ("list bad state", "GET", "/v1/jobs?state=sleeping", None, 400, "invalid_request"),
         ("list bad cursor", "GET", "/v1/jobs?cursor=abc", None, 400, "invalid_request"),
+        # A misspelt filter would otherwise list every job.
+        ("list misspelt filter", "GET", "/v1/jobs?stat=failed", None, 400, "unknown_field"),
+        ("query key empty", "GET", "/v1/jobs?=failed", None, 400, "unknown_field"),
+        ("list filter twice", "GET", "/v1/jobs?state=failed&state=pending", None, 400, "invalid_request"),
+        ("wait twice", "GET", "/v1/jobs/1?wait=1&wait=2", None, 400, "invalid_request"),
+        ("query on a job's GET", "GET", "/v1/jobs/1?limit=1", None, 400, "unknown_field"),
+        ("query on submit", "POST", "/v1/jobs?priority=5", {"task": "noop"}, 400, "unknown_field"),
+        ("query on cancel", "POST", "/v1/jobs/1/cancel?force=1", None, 400, "unknown_field"),
+        ("query on healthz", "GET", "/healthz?verbose", None, 400, "unknown_field"),
+        ("query on stats", "GET", "/v1/stats?x=1", None, 400, "unknown_field"),
+        ("query on a JSON batch", "POST", "/v1/batches?priority=5", {"task": "noop", "items": [{}]}, 400,
+         "invalid_request"),
+        ("batch items in the query", "POST", "/v1/batches?items=3", {"task": "noop", "items": [{}]}, 400,
+         "unknown_field"),
+        ("results order twice", "GET", "/v1/batches/1/results?order=completion&order=submission", None, 400,
+         "invalid_request"),
         ("PUT jobs", "PUT", "/v1/jobs", {"task": "noop"}, 405, "method_not_allowed"),
         ("DELETE jobs", "DELETE", "/v1/jobs", None, 405, "method_not_allowed"),
         ("PATCH a job", "PATCH", "/v1/jobs/1", {"task": "noop"}, 405, "method_not_allowed"),
@@ -169,6 +185,16 @@ class TestBadRequests(DaemonTestCase):
                 r = d.request("POST", "/v1/jobs", {"task": "caf\u00e9 \U0001f600"})
                 self.assertError(r, 400, "unknown_task", "task name in UTF-8")
                 self.assertIn("caf\u00e9 \U0001f600", r.json["error"]["message"])
+
+        def test_query_empty_pieces(self):
+                # What a client that joins arguments with "&" may send: the
+                # empty pieces are not arguments.
+                d = self.daemon
+                for path in ("/v1/jobs?", "/v1/jobs?&limit=1", "/v1/jobs?limit=1&", "/v1/jobs?limit=1&&"):
+                        with self.subTest(path):
+                                r = d.request("GET", path)
+                                self.assertEqual(r.status, 200, r)
+                                self.assertLessEqual(len(r.json["jobs"]), 1 if "limit" in path else 100)
 
         def test_ids_are_canonical(self):
                 d = self.daemon

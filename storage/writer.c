@@ -243,40 +243,55 @@ static void bind_job(sqlite3_stmt *st, int base, const struct job *j, int *rc)
         store_bind_int64(st, base + 12, j->ready_at, rc);
 }
 
+/* 1 with the id of the job that holds key in *ret, 0 when none does, or a
+ * store failure. This connection sees inserts earlier in its own
+ * transaction too. */
+static int key_owner(struct writer *w, const char *key, int64_t *ret)
+{
+        sqlite3_stmt *st = w->st[ST_KEY_ID];
+        int rc = SQLITE_OK;
+
+        store_bind_text(st, 1, key, &rc);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+                *ret = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+        if (rc == SQLITE_ROW)
+                return 1;
+        return rc == SQLITE_DONE ? 0 : store_errno(rc);
+}
+
+/* A taken key is looked up before the insert, not found by its conflict:
+ * an insert that does nothing still uses up an AUTOINCREMENT id, and a
+ * client repeating a keyed submission should not leave gaps in the ids. */
 static int apply_submit(struct writer *w, struct wop *op)
 {
-        sqlite3_stmt *st;
+        sqlite3_stmt *st = w->st[ST_INSERT];
         struct job *j = op->job;
-        int rc;
+        int rc = SQLITE_OK, r;
 
+        if (j->key) {
+                r = key_owner(w, j->key, &j->id);
+                if (r < 0)
+                        return r;
+                if (r > 0) {
+                        op->result = -EEXIST;
+                        return 0;
+                }
+        }
         if (j->created_at == 0)
                 j->created_at = job_now_ms();
-        st = w->st[ST_INSERT];
-        rc = SQLITE_OK;
         bind_job(st, 0, j, &rc);
         if (rc == SQLITE_OK)
                 rc = step(st);
+        if (rc == SQLITE_DONE && sqlite3_changes(w->db) == 0)
+                rc = SQLITE_CONSTRAINT;
         if (rc != SQLITE_DONE)
                 return op_fail(op, rc);
-        if (sqlite3_changes(w->db) > 0) {
-                j->id = sqlite3_last_insert_rowid(w->db);
-                op->result = 0;
-                return 0;
-        }
-
-        /* The key is taken, maybe by an insert earlier in this very
-         * transaction: this connection sees it either way. */
-        st = w->st[ST_KEY_ID];
-        rc = SQLITE_OK;
-        store_bind_text(st, 1, j->key, &rc);
-        if (rc == SQLITE_OK)
-                rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW) {
-                j->id = sqlite3_column_int64(st, 0);
-                op->result = -EEXIST;
-        }
-        sqlite3_reset(st);
-        return rc == SQLITE_ROW ? 0 : op_fail(op, rc);
+        j->id = sqlite3_last_insert_rowid(w->db);
+        op->result = 0;
+        return 0;
 }
 
 /* Binds the op's job id as ?1 and runs st; rc is the outcome of the

@@ -176,12 +176,36 @@ static int version_check(int version)
         return version < 0 || (size_t) version > ARRAY_SIZE(migrations) ? -EPROTO : 0;
 }
 
+/* Tables, indexes, views and triggers in db: none in a new file. */
+static int object_count(sqlite3 *db, int *ret)
+{
+        sqlite3_stmt *st;
+        int rc;
+
+        rc = sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return store_errno(rc);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+                *ret = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+        return rc == SQLITE_ROW ? 0 : store_errno(rc);
+}
+
 int schema_check(sqlite3 *db)
 {
-        int version = 0, r;
+        int version = 0, objects = 0, r;
 
         r = user_version(db, &version);
-        return r < 0 ? r : version_check(version);
+        if (r == 0 && version == 0)
+                r = object_count(db, &objects);
+        if (r < 0)
+                return r;
+        /* Version 0 is a new file: one with tables of its own belongs to
+         * something else, and migrating it would write ours into it. */
+        if (version == 0 && objects > 0)
+                return -EBADMSG;
+        return version_check(version);
 }
 
 /* Applies the step after the current version, if any. Returns 1 when a step

@@ -9,7 +9,8 @@
  * step. -EPROTO when the database was written by a newer futured. */
 int schema_migrate(sqlite3 *db);
 /* Only reads: 0 when this build knows db's schema (an empty file
- * included), -EPROTO when it is newer, -EBADMSG when db is no database. */
+ * included), -EPROTO when it is newer, -EBADMSG when db is no database or
+ * another program's (version 0 with tables in it). */
 int schema_check(sqlite3 *db);
 
 #endif

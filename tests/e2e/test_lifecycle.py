@@ -210,9 +210,9 @@ class TestStartup(unittest.TestCase):
                         d.stop()
 
         def test_store_not_ours(self):
-                """A file that is not an SQLite database, or a database of a
-                newer schema, is refused with a message saying which, and left
-                as it was."""
+                """A file that is not an SQLite database, another program's
+                database, or one of a newer schema, is refused with a
+                message saying which, and left as it was."""
                 with tempfile.TemporaryDirectory(prefix="futured-e2e-db-") as tmp:
                         text = os.path.join(tmp, "text.db")
                         with open(text, "wb") as f:
@@ -223,7 +223,13 @@ class TestStartup(unittest.TestCase):
                         db.execute("CREATE TABLE t (a)")
                         db.commit()
                         db.close()
+                        other = os.path.join(tmp, "other.db")
+                        db = sqlite3.connect(other)
+                        db.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT)")
+                        db.commit()
+                        db.close()
                         for path, says in ((text, b"not a futured database"),
+                                           (other, b"not a futured database"),
                                            (newer, b"written by a newer futured")):
                                 with open(path, "rb") as f:
                                         before = f.read()

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "api/server.h"
+#include "api/spec.h"
 #include "daemon/config.h"
 #include "daemon/iopool.h"
 #include "daemon/listen.h"
@@ -230,6 +231,23 @@ static int configure_exec(const struct config *c)
         return r;
 }
 
+/* [openai] base_url is read per batch; checked here too, so that a bad one
+ * stops the start rather than fails every batch that relies on it. */
+static int check_openai(const struct config *c)
+{
+        struct spec_error err;
+        char *url;
+
+        if (!c->base_url[0])
+                return 0;
+        if (spec_openai_base_url(c->base_url, &url, &err) < 0) {
+                log_error("[openai] base_url: %s", err.message);
+                return -EINVAL;
+        }
+        free(url);
+        return 0;
+}
+
 /* The sockets systemd passed, or else the one of c->listen: their count in
  * *ret_n, fds[0..n) the caller's. */
 static int open_listeners(const struct config *c, int fds[static LISTEN_MAX], size_t *ret_n)
@@ -407,6 +425,8 @@ static int run(int argc, char **argv, struct config *c)
         if (r < 0)
                 return r;
         r = configure_exec(c);
+        if (r == 0)
+                r = check_openai(c);
         if (r < 0)
                 return r;
         /* After configure_exec(), which keeps the limit commands run with. */

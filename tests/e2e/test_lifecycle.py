@@ -181,6 +181,24 @@ class TestStartup(unittest.TestCase):
                                 self.assertNotEqual(r.returncode, 0, r)
                                 self.assertTrue(r.stderr.strip(), "no message for %r" % (args,))
 
+        def test_bad_values_set_up_refuses(self):
+                """Values the flag parser takes but setting up refuses: exit 1
+                before listening, with a message naming the key, and no
+                database made."""
+                for args, says in ((("--base-url", "ftp://api.example.com"), b"[openai] base_url"),
+                                   (("--base-url", "https://api.example.com/v1?x=1"), b"[openai] base_url"),
+                                   (("--allow", "api.example.com"), b"[http]"),
+                                   (("--work-dir", "relative/dir"), b"[exec]")):
+                        with self.subTest(args):
+                                with tempfile.TemporaryDirectory() as tmp:
+                                        db = os.path.join(tmp, "x.db")
+                                        r = self.run_bin(*args, "--listen", "%s:%d" % (HOST, harness.free_port()),
+                                                         "--db", db)
+                                        self.assertFalse(os.path.exists(db), "a database was made")
+                                self.assertEqual(r.returncode, 1, r)
+                                self.assertIn(says, r.stderr)
+                                self.assertNotIn(b"listening", r.stderr)
+
         def test_port_in_use(self):
                 d = Daemon(io_threads=1, cpu_workers=1)
                 d.start()

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "api/strbuf.h"
+
 #define BATCH_QUERY "task kind timeout max_attempts priority limits format base_url"
 
 static const struct route routes[] = {
@@ -138,11 +140,13 @@ struct query_check {
         const char *list;
         unsigned seen;          /* bit i: word i of list came */
         const char *bad;        /* the first key refused */
-        bool twice;
+        int why;                /* -ENOENT, -EEXIST or -EILSEQ */
 };
 
+/* The sizes are those MHD decoded: a "%00" makes one longer than the
+ * string, which would cut the value short unnoticed. */
 static enum MHD_Result query_check_arg(void *cls, enum MHD_ValueKind kind, const char *key,
-                                       const char *value)
+                                       size_t key_size, const char *value, size_t value_size)
 {
         struct query_check *c = cls;
         int i = word_index(c->list, key);
@@ -151,13 +155,19 @@ static enum MHD_Result query_check_arg(void *cls, enum MHD_ValueKind kind, const
         /* "?&limit=1": an empty piece, not an argument. */
         if (!*key && !value)
                 return MHD_YES;
-        if (i < 0 || (c->seen & (1u << i))) {
-                c->bad = key;
-                c->twice = i >= 0;
-                return MHD_NO;
+        if (strlen(key) != key_size || (value && strlen(value) != value_size) ||
+            !strbuf_utf8_valid(key) || (value && !strbuf_utf8_valid(value)))
+                c->why = -EILSEQ;
+        else if (i < 0)
+                c->why = -ENOENT;
+        else if (c->seen & (1u << i))
+                c->why = -EEXIST;
+        else {
+                c->seen |= 1u << i;
+                return MHD_YES;
         }
-        c->seen |= 1u << i;
-        return MHD_YES;
+        c->bad = key;
+        return MHD_NO;
 }
 
 int route_check_query(const struct route *r, struct MHD_Connection *conn, char *msg,
@@ -165,15 +175,21 @@ int route_check_query(const struct route *r, struct MHD_Connection *conn, char *
 {
         struct query_check c = { .list = r->query };
 
-        MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, query_check_arg, &c);
-        if (!c.bad)
+        MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, query_check_arg, &c);
+        switch (c.why) {
+        case 0:
                 return 0;
-        if (c.twice) {
+        case -EILSEQ:
+                snprintf(msg, msglen, "query argument \"%.64s\" is not UTF-8 text without NUL",
+                         c.bad);
+                break;
+        case -EEXIST:
                 snprintf(msg, msglen, "query argument \"%.64s\" given twice", c.bad);
-                return -EEXIST;
+                break;
+        default:
+                snprintf(msg, msglen, "unknown query argument \"%.64s\"; %s %s takes %s%s",
+                         c.bad, r->method, r->pattern,
+                         r->query ? "these: " : "no query arguments", r->query ? r->query : "");
         }
-        snprintf(msg, msglen, "unknown query argument \"%.64s\"; %s %s takes %s%s", c.bad,
-                 r->method, r->pattern, r->query ? "these: " : "no query arguments",
-                 r->query ? r->query : "");
-        return -ENOENT;
+        return c.why;
 }

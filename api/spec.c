@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "api/strbuf.h"
 #include "tasks/task.h"
 
 static const char *const spec_fields[] = {
@@ -399,13 +400,14 @@ int spec_batch_defaults(const json_t *obj, double timeout, struct spec_defaults 
 }
 
 /* No space and no control byte: what a URL may hold unescaped (bytes
- * past ASCII are left to the URL parser). */
+ * past ASCII are left to the URL parser, but must be UTF-8: the URL goes
+ * into the job's JSON args). */
 static bool url_text_ok(const char *s)
 {
-        for (; *s; s++)
-                if ((unsigned char) *s <= ' ' || *s == 0x7f)
+        for (const char *p = s; *p; p++)
+                if ((unsigned char) *p <= ' ' || *p == 0x7f)
                         return false;
-        return true;
+        return strbuf_utf8_valid(s);
 }
 
 int spec_openai_base_url(const char *url, char **ret, struct spec_error *err)

@@ -101,6 +101,17 @@ static bool utf8_next(const unsigned char *s, size_t *ret_len)
         return true;
 }
 
+bool strbuf_utf8_valid(const char *s)
+{
+        const unsigned char *u = (const unsigned char *) s;
+        size_t n;
+
+        for (; *u; u += n)
+                if (!utf8_next(u, &n))
+                        return false;
+        return true;
+}
+
 /* What replaces the byte c (ASCII) in a JSON string, or NULL: c stays. */
 static const char *json_escape(unsigned char c, char buf[static 8])
 {

@@ -22,6 +22,8 @@ void strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format
  * U+FFFD. */
 void strbuf_json_string(struct strbuf *b, const char *s);
 void strbuf_insert(struct strbuf *b, size_t at, const char *s, size_t n);
+/* True when s is UTF-8 throughout (what jansson takes for a string). */
+bool strbuf_utf8_valid(const char *s);
 /* Hands the text over (*ret is the caller's, free()) and empties b; -ENOMEM
  * when an append failed. */
 int strbuf_steal(struct strbuf *b, char **ret, size_t *ret_len);

@@ -100,6 +100,10 @@ BAD = [
         ("list bad cursor", "GET", "/v1/jobs?cursor=abc", None, 400, "invalid_request"),
         # A misspelt filter would otherwise list every job.
         ("list misspelt filter", "GET", "/v1/jobs?stat=failed", None, 400, "unknown_field"),
+        ("query value not UTF-8", "GET", "/v1/jobs?task=%FF", None, 400, "invalid_request"),
+        ("query value with NUL", "GET", "/v1/jobs?task=no%00op", None, 400, "invalid_request"),
+        ("batch query not UTF-8", "POST", "/v1/batches?task=%C3", {"task": "noop", "items": [{}]}, 400,
+         "invalid_request"),
         ("query key empty", "GET", "/v1/jobs?=failed", None, 400, "unknown_field"),
         ("list filter twice", "GET", "/v1/jobs?state=failed&state=pending", None, 400, "invalid_request"),
         ("wait twice", "GET", "/v1/jobs/1?wait=1&wait=2", None, 400, "invalid_request"),

@@ -362,7 +362,9 @@ class TestBatches(BatchChecks, DaemonTestCase):
                                 self.assertError(r, status, code, what)
                 queries = [("priority text", "task=noop&priority=abc"), ("timeout negative", "task=noop&timeout=-1"),
                            ("max_attempts zero", "task=noop&max_attempts=0"), ("kind gpu", "task=noop&kind=gpu"),
-                           ("unknown task", "task=slep")]
+                           ("unknown task", "task=slep"), ("task not UTF-8", "task=%FF"),
+                           ("limits cut UTF-8", "task=noop&limits=%C3"), ("task twice", "task=noop&task=sleep"),
+                           ("base_url with NUL", "format=openai&base_url=http://127.0.0.1:9%00.example")]
                 for what, q in queries:
                         with self.subTest("NDJSON " + what):
                                 self.assertError(d.submit_ndjson([b'{"args":{}}\n'], q), 400, None, "?" + q)

@@ -16,9 +16,17 @@
 /* Beyond these a limit is a typo, not a limit. */
 #define LIMIT_CONCURRENCY_MAX 1000000
 #define LIMIT_PER_SECOND_MAX 1e6
+/* One start a day. A slower rate would put next_ms past what an int64_t
+ * holds (1e-300 per second did), and the conversion in limiter_release()
+ * would be undefined. */
+#define LIMIT_PER_SECOND_MIN (1.0 / 86400)
 
 void limiter_init(struct limiter *l, unsigned concurrency, double per_second)
 {
+        /* Submissions are refused below the minimum; a config value or
+         * one stored before that rule is raised to it. */
+        if (per_second > 0 && per_second < LIMIT_PER_SECOND_MIN)
+                per_second = LIMIT_PER_SECOND_MIN;
         *l = (struct limiter) {
                 .concurrency = concurrency,
                 .interval_ms = per_second > 0 ? 1000.0 / per_second : 0,
@@ -111,6 +119,9 @@ int limiter_limits_check(const json_t *v, char **ret_text, char *msg, size_t msg
         r = limits_get(v, &concurrency, &per_second, msg, msglen);
         if (r < 0)
                 return r;
+        if (per_second > 0 && per_second < LIMIT_PER_SECOND_MIN)
+                return limits_fail(msg, msglen,
+                                   "limits.per_second must be at least 1/86400 (one start a day)");
         text = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS);
         if (!text)
                 return -ENOMEM;

@@ -125,6 +125,22 @@ static void assert_check(const char *text, int expected, const char *canonical,
         json_decref(v);
 }
 
+/* A rate below one a day (from the config, or stored before submissions
+ * were refused below it) counts as one a day: the next start stays a
+ * representable time. */
+static void test_rate_floor(void **state)
+{
+        struct limiter l;
+        int64_t now = 5000;
+
+        (void)state;
+        limiter_init(&l, 0, 1e-300);
+        assert_int_equal(limiter_release(&l, now), now);
+        limiter_start(&l, now);
+        limiter_finish(&l);
+        assert_int_equal(limiter_release(&l, now + 1), now + 86400 * 1000);
+}
+
 static void test_limits_check(void **state)
 {
         unsigned c;
@@ -140,6 +156,9 @@ static void test_limits_check(void **state)
         assert_check("{\"concurrency\": \"4\"}", -EINVAL, NULL, "limits.concurrency");
         assert_check("{\"per_second\": 0}", -EINVAL, NULL, "limits.per_second");
         assert_check("{\"per_second\": -1}", -EINVAL, NULL, "limits.per_second");
+        assert_check("{\"per_second\": 1e-300}", -EINVAL, NULL, "limits.per_second");
+        assert_check("{\"per_second\": 0.00001}", -EINVAL, NULL, "limits.per_second");
+        assert_check("{\"per_second\": 0.0000116}", 0, NULL, NULL);
         assert_check("{\"burst\": 1}", -EINVAL, NULL, "limits.burst");
 
         assert_int_equal(limiter_limits_parse("{\"concurrency\":4,\"per_second\":2.5}", &c, &p), 0);
@@ -186,6 +205,7 @@ int main(void)
                 cmocka_unit_test(test_rate_over_many),
                 cmocka_unit_test(test_high_rate_within_a_ms),
                 cmocka_unit_test(test_concurrency_and_rate),
+                cmocka_unit_test(test_rate_floor),
                 cmocka_unit_test(test_limits_check),
                 cmocka_unit_test(test_host_key),
         };

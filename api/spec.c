@@ -15,6 +15,7 @@
 #include <strings.h>
 
 #include "api/strbuf.h"
+#include "tasks/jsontext.h"
 #include "tasks/task.h"
 
 static const char *const spec_fields[] = {
@@ -35,34 +36,6 @@ static int spec_fail(struct spec_error *err, const char *code, const char *fmt, 
         return strcmp(code, "internal") == 0 ? -ENOMEM : -EINVAL;
 }
 
-/* Counts nesting on the raw text, before jansson builds anything, so a body
- * of a million '[' costs one pass and no allocation. */
-static bool depth_ok(const char *text, size_t len)
-{
-        bool in_string = false, escaped = false;
-        unsigned depth = 0;
-
-        for (size_t i = 0; i < len; i++) {
-                char c = text[i];
-
-                if (in_string) {
-                        if (escaped)
-                                escaped = false;
-                        else if (c == '\\')
-                                escaped = true;
-                        else if (c == '"')
-                                in_string = false;
-                } else if (c == '"')
-                        in_string = true;
-                else if (c == '[' || c == '{') {
-                        if (++depth > SPEC_MAX_DEPTH)
-                                return false;
-                } else if ((c == ']' || c == '}') && depth > 0)
-                        depth--;
-        }
-        return true;
-}
-
 int spec_parse(const char *text, size_t len, json_t **ret, struct spec_error *err)
 {
         json_error_t jerr;
@@ -70,7 +43,7 @@ int spec_parse(const char *text, size_t len, json_t **ret, struct spec_error *er
 
         if (len == 0)
                 return spec_fail(err, "invalid_json", "the request body is empty; send a JSON object");
-        if (!depth_ok(text, len))
+        if (!jsontext_depth_ok(text, len, SPEC_MAX_DEPTH))
                 return spec_fail(err, "too_deep", "JSON nesting is deeper than %d levels",
                                  SPEC_MAX_DEPTH);
         v = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);

@@ -48,6 +48,7 @@
 
 #include "tasks/args.h"
 #include "tasks/base64.h"
+#include "tasks/jsontext.h"
 #include "tasks/task.h"
 
 #define COMMAND_NAME_MAX 63
@@ -1032,8 +1033,7 @@ static json_t *run_result(const struct command *c, const struct run *run)
         if (!o)
                 return NULL;
         if (c->json && !run->out.truncated)
-                parsed = json_loadb(run->out.buf ? run->out.buf : "", run->out.len,
-                                    JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+                parsed = jsontext_load_output(run->out.buf ? run->out.buf : "", run->out.len);
         if (json_object_set_new(o, WIFSIGNALED(status) ? "signal" : "exit_code",
                                 json_integer(WIFSIGNALED(status) ? WTERMSIG(status)
                                                                   : WEXITSTATUS(status))) < 0 ||

@@ -40,6 +40,7 @@
 
 #include "tasks/args.h"
 #include "tasks/base64.h"
+#include "tasks/jsontext.h"
 #include "tasks/task.h"
 
 #define HTTP_TIMEOUT_MAX 86400.0
@@ -681,8 +682,8 @@ static bool content_type_is_json(const char *type)
                (n > 5 && strncasecmp(type + n - 5, "+json", 5) == 0);
 }
 
-/* Puts the response body into o: "json" when typed and parsed as JSON,
- * else "body" when it is UTF-8 text, else "body_base64". */
+/* Puts the response body into o: "json" when typed and parsed as JSON
+ * (not too deep), else "body" when it is UTF-8 text, else "body_base64". */
 static int response_put_body(json_t *o, struct transfer *t)
 {
         const char *type = NULL;
@@ -691,8 +692,7 @@ static int response_put_body(json_t *o, struct transfer *t)
 
         curl_easy_getinfo(t->easy, CURLINFO_CONTENT_TYPE, &type);
         if (content_type_is_json(type)) {
-                v = json_loadb(t->body ? t->body : "", t->body_len,
-                               JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+                v = jsontext_load_output(t->body ? t->body : "", t->body_len);
                 if (v)
                         return json_object_set_new(o, "json", v) < 0 ? -ENOMEM : 0;
         }

@@ -18,7 +18,8 @@ path; /__stats reports them):
                     header: 200 {"id", "object", "model", "choices",
                     "usage"}, the reply being "echo: " + the last message's
                     content; a "model" of "status-CODE" answers CODE with an
-                    OpenAI error body, and "close" closes the connection
+                    OpenAI error body, "deep-N" 200 with N nested JSON arrays,
+                    and "close" closes the connection
   /__stats?key=K    {"requests", "inflight", "max_inflight", "times"}: times
                     are the monotonic seconds at which each request came
   /__reset          forgets every key
@@ -176,6 +177,9 @@ class Handler(BaseHTTPRequestHandler):
                                            headers=rid)
                 if model == "close":
                         return self.hang_up()
+                if model.startswith("deep-"):
+                        depth = int(model[len("deep-"):])
+                        return self.answer(200, body=b"[" * depth + b"]" * depth, headers=rid)
                 if model.startswith("status-"):
                         code = int(model[len("status-"):])
                         return self.answer(code, {"error": {"message": "status %d" % code,

@@ -110,6 +110,29 @@ class OpenAIBatchTest(FakeAPITestCase):
                 self.assertEqual(len(request_ids), n - len(bad), "request ids are not the server's")
                 self.assertEqual(self.daemon.batch(bid)["counts"]["failed"], len(bad))
 
+        def test_deeply_nested_answers(self):
+                """An answer nested as deep as a JSON parser goes is kept as
+                text, so that the stored result and the output line that
+                wraps it still parse; a shallower one stays JSON."""
+                depths = (10, 500, 1025, 2048)
+                lines = [line("d%d" % n, "x", "deep-%d" % n) for n in depths]
+                bid = self.run_file(lines)
+                out = {o["custom_id"]: o for o in self.output(bid)}
+                jobs = {j["tag"]["custom_id"]: j for j in self.daemon.batch_jobs(bid)}
+                for n in depths:
+                        o, j = out["d%d" % n], jobs["d%d" % n]
+                        self.assertEqual(j["state"], "succeeded", j)
+                        self.assertIsNone(o["error"], o)
+                        self.assertEqual(o["response"]["status_code"], 200, o)
+                        body = o["response"]["body"]
+                        if n <= 1024:
+                                self.assertIn("json", j["result"])
+                                self.assertIsInstance(body, list)
+                        else:
+                                self.assertNotIn("json", j["result"])
+                                self.assertEqual(j["result"]["body"], "[" * n + "]" * n)
+                                self.assertEqual(body, "[" * n + "]" * n)
+
         def test_submission_order_and_sse(self):
                 ids = ["c%03d" % i for i in range(60)]
                 random.Random(4).shuffle(ids)

@@ -16,6 +16,7 @@
 
 #include "api/spec.h"
 #include "api/strbuf.h"
+#include "tasks/jsontext.h"
 
 static const struct spec_defaults defaults = { .timeout = 30 };
 
@@ -122,6 +123,30 @@ static void test_depth(void **state)
         /* Deep tags are refused too. */
         refuse("{\"task\":\"noop\",\"tag\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]"
                "]]]]]]]]]]]}", "too_deep", NULL);
+}
+
+/* A task's output is kept as JSON up to JSONTEXT_OUTPUT_DEPTH levels, so
+ * that stored and wrapped again it still parses; deeper, the task keeps it
+ * as text. */
+static void test_output_depth(void **state)
+{
+        char *s;
+        json_t *v;
+
+        (void) state;
+        s = nested(JSONTEXT_OUTPUT_DEPTH);
+        v = jsontext_load_output(s, strlen(s));
+        assert_non_null(v);
+        json_decref(v);
+        free(s);
+        s = nested(JSONTEXT_OUTPUT_DEPTH + 1);
+        assert_null(jsontext_load_output(s, strlen(s)));
+        free(s);
+        v = jsontext_load_output("\"a\\u0000b\"", 10);
+        assert_non_null(v);
+        assert_int_equal(json_string_length(v), 3);
+        json_decref(v);
+        assert_null(jsontext_load_output("{\"a\":", 5));
 }
 
 static void test_defaults(void **state)
@@ -387,6 +412,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_parse),
                 cmocka_unit_test(test_depth),
+                cmocka_unit_test(test_output_depth),
                 cmocka_unit_test(test_defaults),
                 cmocka_unit_test(test_full),
                 cmocka_unit_test(test_spec_shape),

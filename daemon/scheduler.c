@@ -437,9 +437,12 @@ static bool sched_busy(const struct sched *s)
         return sched_running(s) || s->ops > 0;
 }
 
+/* sched_drain() waits first for the runs to end, then (for a while) for
+ * their ops: it is woken at the first as well, while ops may still wait
+ * at a writer that cannot store them. */
 static void wake_drain(struct sched *s)
 {
-        if (s->stopping && !sched_busy(s))
+        if (s->stopping && !sched_running(s))
                 pthread_cond_broadcast(&s->idle);
 }
 

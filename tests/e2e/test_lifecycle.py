@@ -139,6 +139,28 @@ class TestShutdown(unittest.TestCase):
                 self.assertIn(r.status, (200, 202), r)
                 self.assertEqual(d.wait(j["id"])["state"], "cancelled")
 
+        def test_sigterm_with_the_store_locked(self):
+                """SIGTERM while another process holds the database's write
+                lock: the requeue of the interrupted job cannot be stored,
+                and the daemon still exits (writes are given up after a few
+                seconds), leaving the job as a crash would."""
+                self.d = d = Daemon(io_threads=1, cpu_workers=1, shutdown_grace=0.2, retry_base=0.1)
+                d.start()
+                j = d.submit({"task": "sleep", "args": {"seconds": 3}, "max_attempts": 2, "timeout": 60})
+                d.wait_state(j["id"], "running")
+                holder = sqlite3.connect(d.db, isolation_level=None, timeout=5)
+                try:
+                        holder.execute("BEGIN IMMEDIATE")
+                        took = d.stop(signal.SIGTERM, timeout=30)
+                finally:
+                        holder.close()
+                self.assertIn("storing its requeue failed", d.log_tail())
+                d.restart()
+                j = d.wait(j["id"], timeout=20)
+                self.assertEqual(j["state"], "succeeded", j)
+                self.assertEqual(j["attempts"], 2, "the crash-like stop counts the attempt: %r" % (j,))
+                self.assertLess(took, 30)
+
         def test_sigint(self):
                 self.d = d = Daemon(io_threads=1, cpu_workers=1)
                 d.start()

@@ -13,6 +13,7 @@
  * One HTTP server serves every listening socket (several only through
  * socket activation). */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -614,12 +615,28 @@ static void tune_malloc(void)
         mallopt(M_MMAP_THRESHOLD, 4 << 20);
 }
 
+/* A daemon started with stdin, stdout or stderr closed would hand that
+ * number to the next file it opens: its log lines would then go into the
+ * database or a socket. /dev/null takes each closed one first. */
+static int open_std_fds(void)
+{
+        for (int fd = 0; fd <= 2; fd++) {
+                if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+                        continue;
+                if (open("/dev/null", O_RDWR) != fd)
+                        return -1;
+        }
+        return 0;
+}
+
 int main(int argc, char **argv)
 {
         struct config c;
         char err[512];
         int r;
 
+        if (open_std_fds() < 0)
+                return EXIT_FAILURE;
         if (argc == 2 && strcmp(argv[1], WORKER_ARG) == 0)
                 return worker_main(WORKER_FD);
 

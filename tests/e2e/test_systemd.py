@@ -82,6 +82,8 @@ for i, fd in enumerate(fds):
         os.dup2(fd, 3 + i)
         os.close(fd)
 os.environ["LISTEN_PID"] = str(os.getpid())
+if os.environ.pop("CLOSE_STDERR", None):
+        os.close(2)
 os.execv(sys.argv[2], sys.argv[2:])
 """
 
@@ -90,11 +92,12 @@ class SystemdDaemon(Daemon):
         """A Daemon started the way systemd starts it: NOTIFY_SOCKET, and
         optionally WATCHDOG_USEC and an inherited listening socket."""
 
-        def __init__(self, listen_socks=(), watchdog_usec=None, **kw):
+        def __init__(self, listen_socks=(), watchdog_usec=None, close_stderr=False, **kw):
                 super().__init__(**kw)
                 self.notify = NotifySocket(self.dir)
                 self.listen_socks = list(listen_socks)
                 self.watchdog_usec = watchdog_usec
+                self.close_stderr = close_stderr
                 if self.listen_socks:
                         # The --listen the harness put in argv must not be used.
                         self.unused_port = self.port
@@ -105,6 +108,8 @@ class SystemdDaemon(Daemon):
                 argv = list(self.argv)
                 if self.watchdog_usec is not None:
                         env["WATCHDOG_USEC"] = str(self.watchdog_usec)
+                if self.close_stderr:
+                        env["CLOSE_STDERR"] = "1"
                 # Copies at 20 and up, moved to 3, 4, ... by the wrapper, which
                 # then sets LISTEN_PID to its own pid and execs futured.
                 high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 20) for s in self.listen_socks]
@@ -289,6 +294,27 @@ class TestSystemd(unittest.TestCase):
                 self.assertEqual(d.wait_exit(5), 1)
                 self.assertIn("not a listening TCP or Unix stream socket", d.log_text())
                 d.failed = False
+
+        def test_stderr_closed(self):
+                """Started with stderr closed and its socket inherited as fd
+                3: the next file the daemon opened took fd 2 (a socket, or
+                the database, whose log lines then went into it). fd 2 is
+                /dev/null now."""
+                self.socks = [listening_socket()]
+                d = SystemdDaemon(listen_socks=self.socks, close_stderr=True, io_threads=1, cpu_workers=1)
+                self.d = d.start()
+                j = d.wait(d.submit({"task": "noop"})["id"])
+                self.assertEqual(os.readlink("/proc/%d/fd/2" % d.proc.pid), "/dev/null")
+                d.stop()        # which logs a few lines
+                db = sqlite3.connect(d.db, isolation_level=None, timeout=5)
+                try:
+                        self.assertEqual(db.execute("PRAGMA integrity_check").fetchone(), ("ok",))
+                        self.assertEqual(db.execute("SELECT state FROM jobs WHERE id = ?", (int(j["id"]),)).fetchone(),
+                                         ("succeeded",))
+                finally:
+                        db.close()
+                with open(d.db, "rb") as f:
+                        self.assertNotIn(b"shutting down", f.read(), "log lines went into the database")
 
         def test_watchdog_over_tls(self):
                 """The probe needs no handshake: a TLS server is pinged for

@@ -189,8 +189,8 @@ static int spawn_worker(const char *exe, int child_fd, pid_t *ret)
         sigset_t mask, def;
         int r;
 
-        sigemptyset(&mask);
-        /* Whatever the daemon blocks or ignores (SIGPIPE, SIGCHLD, SIGTERM,
+        worker_signals(&mask);
+        /* Whatever else the daemon blocks or ignores (SIGPIPE, SIGCHLD,
          * ...) is the daemon's business, not the worker's. */
         sigfillset(&def);
 

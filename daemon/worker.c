@@ -159,8 +159,18 @@ static char *reply_encode(json_t *reply)
         return text;
 }
 
+void worker_signals(sigset_t *ret)
+{
+        sigemptyset(ret);
+        sigaddset(ret, SIGINT);
+        sigaddset(ret, SIGTERM);
+        sigaddset(ret, SIGHUP);
+        sigaddset(ret, SIGQUIT);
+}
+
 int worker_main(int fd)
 {
+        sigset_t group;
         int r;
 
         /* The death signal follows the spawning thread, which outlives this
@@ -171,11 +181,22 @@ int worker_main(int fd)
                 log_errno(LOG_ERR, -errno, "worker: prctl(PR_SET_PDEATHSIG)");
                 return EXIT_FAILURE;
         }
-        /* A terminal's Ctrl-C goes to the whole foreground group, workers
-         * included; the daemon answers it with a clean stop that requeues
-         * running jobs, which a worker dying first would turn into crashes.
-         * The daemon ends its workers itself. */
-        signal(SIGINT, SIG_IGN);
+        /* A signal to the daemon's whole process group (a terminal's
+         * Ctrl-C or hangup, kill -- -PGID, timeout(1), systemctl kill)
+         * reaches the workers too. The daemon answers it with a clean stop
+         * that requeues running jobs, or a reload, which a worker dying
+         * first would turn into crashed jobs: the daemon ends its workers
+         * itself. The pool spawns workers with these blocked, so one that
+         * came before this point is pending, and ignoring it discards it.
+         * Commands get every signal back to its default. */
+        worker_signals(&group);
+        for (int sig = 1; sig < NSIG; sig++)
+                if (sigismember(&group, sig) == 1)
+                        signal(sig, SIG_IGN);
+        sigprocmask(SIG_UNBLOCK, &group, NULL);
+        /* Started as /proc/self/exe, the worker would show in ps and top
+         * as "exe". */
+        prctl(PR_SET_NAME, "futured-worker");
         /* A command that stops reading its stdin must fail a write with
          * EPIPE, not kill the worker. */
         signal(SIGPIPE, SIG_IGN);

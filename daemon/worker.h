@@ -5,8 +5,14 @@
 #ifndef FUTURED_WORKER_H
 #define FUTURED_WORKER_H
 
+#include <signal.h>
+
 #define WORKER_ARG "--worker"
 #define WORKER_FD 3
+
+/* The signals a worker leaves to the daemon (those a signal to the whole
+ * process group brings): spawned with them blocked, it ignores them. */
+void worker_signals(sigset_t *ret);
 
 /* Returns the process exit code. */
 int worker_main(int fd);

@@ -161,6 +161,31 @@ class TestShutdown(unittest.TestCase):
                 self.assertEqual(j["attempts"], 2, "the crash-like stop counts the attempt: %r" % (j,))
                 self.assertLess(took, 30)
 
+        def test_signals_to_the_process_group(self):
+                """A reload or stop sent to the daemon's whole process group
+                (a terminal, kill -- -PGID, systemctl kill) reaches its
+                workers too; they leave it to the daemon, so the running CPU
+                job goes on through SIGHUP and is requeued by SIGTERM rather
+                than crashed."""
+                self.d = d = Daemon(io_threads=1, cpu_workers=1, shutdown_grace=0.2)
+                d.start()
+                j = d.submit({"task": "sqrt_sum", "args": {"n": 3_000_000_000}, "timeout": 120, "max_attempts": 1})
+                d.wait_state(j["id"], "running")
+                workers = d.cpu_pids()
+                os.killpg(d.proc.pid, signal.SIGHUP)
+                poll_until(lambda: "SIGHUP" in d.log_tail(), 5, "the reload")
+                self.assertEqual(d.cpu_pids(), workers, "a worker died of the group's SIGHUP")
+                self.assertEqual(d.job(j["id"])["state"], "running")
+                t0 = time.monotonic()
+                os.killpg(d.proc.pid, signal.SIGTERM)
+                self.assertEqual(d.wait_exit(10), 0, d.log_tail())
+                self.assertLess(time.monotonic() - t0, 5.0)
+                self.assertNotIn("crashed", d.log_tail())
+                d.restart()
+                j = d.job(j["id"])
+                self.assertIn(j["state"], ("pending", "running"), "a requeued cpu job: %r" % (j,))
+                self.assertEqual(d.request("POST", "/v1/jobs/%s/cancel" % j["id"]).status, 200)
+
         def test_sigint(self):
                 self.d = d = Daemon(io_threads=1, cpu_workers=1)
                 d.start()

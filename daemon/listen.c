@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -75,11 +76,12 @@ static int listen_unix(const char *path, int *ret)
         return 0;
 }
 
-/* Splits "host:port" or "[v6]:port"; *ret_port points into addr. */
+/* Splits "host:port" or "[v6]:port"; *ret_port points into addr. The port
+ * is checked here: getaddrinfo() takes "99999" and wraps it. */
 static int split_host_port(const char *addr, char *host, size_t hostlen, const char **ret_port)
 {
         const char *colon;
-        size_t n;
+        size_t n, digits;
 
         if (addr[0] == '[') {
                 const char *close = strchr(addr, ']');
@@ -95,7 +97,9 @@ static int split_host_port(const char *addr, char *host, size_t hostlen, const c
                         return -EINVAL;
                 n = (size_t)(colon - addr);
         }
-        if (n == 0 || n >= hostlen || !colon[1])
+        digits = strspn(colon + 1, "0123456789");
+        if (n == 0 || n >= hostlen || digits == 0 || digits > 5 || colon[1 + digits] ||
+            strtol(colon + 1, NULL, 10) > 65535)
                 return -EINVAL;
         memcpy(host, addr, n);
         host[n] = '\0';

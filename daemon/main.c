@@ -267,8 +267,11 @@ static int open_listeners(const struct config *c, int fds[static LISTEN_MAX], si
                          c->listen);
         } else {
                 r = listen_open(c->listen, &fds[0]);
+                if (r == -EINVAL)
+                        log_error("cannot listen on %s: not HOST:PORT, [IPV6]:PORT (port 0 to "
+                                  "65535) or unix:PATH (at most 107 bytes)", c->listen);
                 if (r < 0)
-                        return log_errno(LOG_ERR, r, "cannot listen on %s", c->listen);
+                        return r == -EINVAL ? r : log_errno(LOG_ERR, r, "cannot listen on %s", c->listen);
                 r = 1;
         }
         for (int i = 0; i < r; i++) {

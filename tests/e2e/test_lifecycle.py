@@ -235,12 +235,17 @@ class TestStartup(unittest.TestCase):
                 for args, says in ((("--base-url", "ftp://api.example.com"), b"[openai] base_url"),
                                    (("--base-url", "https://api.example.com/v1?x=1"), b"[openai] base_url"),
                                    (("--allow", "api.example.com"), b"[http]"),
-                                   (("--work-dir", "relative/dir"), b"[exec]")):
+                                   (("--work-dir", "relative/dir"), b"[exec]"),
+                                   (("--listen", "127.0.0.1:99999"), b"port 0 to 65535"),
+                                   (("--listen", "127.0.0.1:80x"), b"port 0 to 65535"),
+                                   (("--listen", "127.0.0.1: 80"), b"port 0 to 65535"),
+                                   (("--listen", "unix:"), b"unix:PATH")):
                         with self.subTest(args):
+                                if "--listen" not in args:
+                                        args += ("--listen", "%s:%d" % (HOST, harness.free_port()))
                                 with tempfile.TemporaryDirectory() as tmp:
                                         db = os.path.join(tmp, "x.db")
-                                        r = self.run_bin(*args, "--listen", "%s:%d" % (HOST, harness.free_port()),
-                                                         "--db", db)
+                                        r = self.run_bin(*args, "--db", db)
                                         self.assertFalse(os.path.exists(db), "a database was made")
                                 self.assertEqual(r.returncode, 1, r)
                                 self.assertIn(says, r.stderr)

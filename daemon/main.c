@@ -304,19 +304,20 @@ static void reload(int argc, char **argv, struct config *c)
                 if (strcmp(changed[i], "log_level") != 0 && len < sizeof(list))
                         len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s",
                                                 len ? ", " : "", changed[i]);
+        /* What the reload did is said under the more verbose of the two
+         * levels, so that a lower one does not hide it. */
+        if (fresh.log_level > c->log_level)
+                log_set_level(fresh.log_level);
+        if (list[0])
+                log_warning("SIGHUP: %s changed and need a restart to apply", list);
+        else if (n == 0)
+                log_notice("SIGHUP: the configuration is unchanged");
         if (fresh.log_level != c->log_level) {
-                /* Said under the more verbose of the two levels, so that a
-                 * lower one does not hide its own notice. */
-                log_set_level(fresh.log_level > c->log_level ? fresh.log_level : c->log_level);
                 log_notice("SIGHUP: the new log_level applies from now on");
                 log_set_level(fresh.log_level);
                 c->log_level = fresh.log_level;
                 log_debug("SIGHUP: debug messages are logged now");
         }
-        if (list[0])
-                log_warning("SIGHUP: %s changed and need a restart to apply", list);
-        else if (n == 0)
-                log_notice("SIGHUP: the configuration is unchanged");
 }
 
 static int wait_for_stop(int argc, char **argv, struct config *c)

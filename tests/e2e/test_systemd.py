@@ -500,6 +500,12 @@ class TestSystemd(unittest.TestCase):
                 d.send_signal(signal.SIGHUP)
                 poll_until(lambda: text().count("the new log_level applies") == 2, 5,
                            "the notice of the change to warning")
+                # Nor the warning about keys that need a restart.
+                with open(conf, "w") as f:
+                        f.write("[log]\nlog_level = error\n[jobs]\nmax_pending = 5000\ndefault_timeout = 7\n")
+                d.send_signal(signal.SIGHUP)
+                poll_until(lambda: "default_timeout, max_pending changed and need a restart" in text(), 5,
+                           "the warning said under warning, not error")
                 self.assertTrue(d.running())
                 self.assertEqual(d.request("GET", "/healthz").status, 200)
 

@@ -442,6 +442,14 @@ static int run(int argc, char **argv, struct config *c)
                 return log_errno(LOG_ERR, r, "WATCHDOG_USEC is set but unusable");
         if (r == 0)
                 watchdog_usec = 0;
+        /* Each ping checks the writer, both pools and an HTTP round trip:
+         * a period of microseconds would spin on it, and a commit alone
+         * can take longer. */
+        if (watchdog_usec > 0 && watchdog_usec < WATCHDOG_USEC_MIN) {
+                log_error("WATCHDOG_USEC=%" PRIu64 " is below %d ms (WatchdogSec= is too short)",
+                          watchdog_usec, WATCHDOG_USEC_MIN / 1000);
+                return -EINVAL;
+        }
         r = open_listeners(c, fds, &n_fds);
         if (r < 0)
                 return r;

@@ -14,8 +14,11 @@ struct iopool;
 struct procpool;
 struct watchdog;
 
+/* The shortest WATCHDOG_USEC taken: pings every 100 ms. */
+#define WATCHDOG_USEC_MIN 200000
+
 struct watchdog_options {
-        uint64_t usec;                  /* WATCHDOG_USEC; 0: no pings */
+        uint64_t usec;                  /* WATCHDOG_USEC (>= WATCHDOG_USEC_MIN); 0: no pings */
         struct sched *sched;            /* none of these is owned */
         struct writer *writer;
         struct iopool *iopool;

@@ -295,6 +295,14 @@ class TestSystemd(unittest.TestCase):
                 self.assertIn("not a listening TCP or Unix stream socket", d.log_text())
                 d.failed = False
 
+        def test_watchdog_interval_too_short(self):
+                d = SystemdDaemon(watchdog_usec=1000, io_threads=1, cpu_workers=1)
+                with self.assertRaises(AssertionError):
+                        d.start(timeout=3)
+                self.assertEqual(d.wait_exit(5), 1)
+                self.assertIn("WATCHDOG_USEC=1000 is below 200 ms", d.log_text())
+                d.failed = False
+
         def test_stderr_closed(self):
                 """Started with stderr closed and its socket inherited as fd
                 3: the next file the daemon opened took fd 2 (a socket, or

@@ -251,6 +251,7 @@ static void wal_preallocate(const char *db_path)
 int store_open(const struct store_options *o, struct store **ret)
 {
         struct store *s;
+        struct stat st;
         int r;
 
         s = calloc(1, sizeof(*s));
@@ -270,6 +271,11 @@ int store_open(const struct store_options *o, struct store **ret)
                 r = -errno;
                 goto fail;
         }
+        /* A device or a FIFO is no database, and SQLite would create its
+         * -wal and -shm files beside it (/dev/null-wal). */
+        r = fstat(s->lock_fd, &st) < 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -EBADMSG;
+        if (r < 0)
+                goto fail;
         /* flock(), not SQLite's fcntl() locks, which it takes and drops
          * by itself: the two kinds do not see each other. */
         if (flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {

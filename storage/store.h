@@ -24,7 +24,8 @@ struct store_options {
 /* -EBUSY: another process holds the store open (one futured per file:
  * two would run the same jobs and hand out the same completion order);
  * -EPROTO: its schema is newer than this futured knows; -EBADMSG: the file
- * is not an SQLite database, or is another program's. */
+ * is not an SQLite database (or not a regular file), or is another
+ * program's. */
 int store_open(const struct store_options *o, struct store **ret);
 void store_close(struct store *s);
 

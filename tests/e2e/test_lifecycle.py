@@ -298,16 +298,23 @@ class TestStartup(unittest.TestCase):
                         db.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT)")
                         db.commit()
                         db.close()
+                        fifo = os.path.join(tmp, "fifo.db")
+                        os.mkfifo(fifo)
                         for path, says in ((text, b"not a futured database"),
                                            (other, b"not a futured database"),
+                                           (fifo, b"not a futured database"),
                                            (newer, b"written by a newer futured")):
-                                with open(path, "rb") as f:
-                                        before = f.read()
+                                before = None
+                                if path != fifo:
+                                        with open(path, "rb") as f:
+                                                before = f.read()
                                 r = self.run_bin("--listen", "%s:%d" % (HOST, harness.free_port()), "--db", path)
                                 self.assertEqual(r.returncode, 1, r)
                                 self.assertIn(says, r.stderr)
-                                with open(path, "rb") as f:
-                                        self.assertEqual(f.read(), before, "%s was changed" % path)
+                                if path != fifo:
+                                        with open(path, "rb") as f:
+                                                self.assertEqual(f.read(), before, "%s was changed" % path)
+                                self.assertFalse(os.path.exists(path + "-wal"), "%s-wal made" % path)
 
 
 if __name__ == "__main__":

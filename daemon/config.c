@@ -136,14 +136,26 @@ void config_defaults(struct config *ret)
         };
 }
 
-static int parse_number(const char *v, bool size_suffix, double *ret)
+/* Plain decimal only, digits with a fraction when fraction is true:
+ * strtod() would also take " 8", "+8", "0x10", "1e3" and "inf". */
+static int parse_number(const char *v, bool fraction, bool size_suffix, double *ret)
 {
+        static const char digits[] = "0123456789";
+        size_t n = strspn(v, digits), frac;
         char *end;
         double d;
 
+        if (n == 0)
+                return -EINVAL;
+        if (fraction && v[n] == '.') {
+                frac = strspn(v + n + 1, digits);
+                if (frac == 0)
+                        return -EINVAL;
+                n += 1 + frac;
+        }
         errno = 0;
         d = strtod(v, &end);
-        if (end == v || errno != 0 || !isfinite(d))
+        if (errno != 0 || !isfinite(d) || end != v + n)
                 return -EINVAL;
         if (size_suffix && *end) {
                 static const char suffixes[] = "KMG";
@@ -201,11 +213,11 @@ static int key_set(const struct cfg_key *k, struct config *c, const char *v, cha
                 break;
         }
 
-        r = parse_number(v, k->type == CFG_SIZE, &d);
+        r = parse_number(v, k->type != CFG_UINT, k->type == CFG_SIZE, &d);
         if (r == 0 && k->type != CFG_SECONDS && d != floor(d))
                 r = -EINVAL;
         if (r < 0 || d < k->min || d > k->max) {
-                snprintf(err, errlen, "%s must be %s from %g to %g, not '%s'", key_name(k),
+                snprintf(err, errlen, "%s must be %s from %.15g to %.15g, not '%s'", key_name(k),
                          k->type == CFG_SECONDS ? "a number" : "an integer", k->min, k->max, v);
                 return -EINVAL;
         }

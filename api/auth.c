@@ -120,20 +120,41 @@ static unsigned token_differs(const char *s, size_t n, const char *token, size_t
         return diff;
 }
 
-bool auth_check(const struct auth *a, const char *header)
+/* The token of a "Bearer <token>" header value, its length in *ret_len;
+ * NULL when header (NULL: none sent) is not one. */
+static const char *bearer_token(const char *header, size_t *ret_len)
 {
         size_t scheme = sizeof(AUTH_SCHEME) - 1, n;
-        unsigned match = 0;
 
         if (!header || strncasecmp(header, AUTH_SCHEME, scheme) != 0 ||
             (header[scheme] != ' ' && header[scheme] != '\t'))
-                return false;
+                return NULL;
         header += scheme;
         header += strspn(header, " \t");
         n = strcspn(header, " \t");
         if (n == 0 || header[n + strspn(header + n, " \t")] != '\0')
+                return NULL;
+        *ret_len = n;
+        return header;
+}
+
+bool auth_is_bearer(const char *header)
+{
+        size_t n;
+
+        return bearer_token(header, &n) != NULL;
+}
+
+bool auth_check(const struct auth *a, const char *header)
+{
+        const char *token;
+        unsigned match = 0;
+        size_t n;
+
+        token = bearer_token(header, &n);
+        if (!token)
                 return false;
         for (size_t i = 0; i < a->n; i++)
-                match |= !token_differs(header, n, a->text + a->offsets[i], a->lengths[i]);
+                match |= !token_differs(token, n, a->text + a->offsets[i], a->lengths[i]);
         return match;
 }

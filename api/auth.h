@@ -22,5 +22,9 @@ void auth_free(struct auth *a);
  * the tokens. Its time depends on the header's length and the number of
  * tokens, never on how much of a token matched. */
 bool auth_check(const struct auth *a, const char *header);
+/* Whether header (NULL: none sent) is a bearer credential at all, known or
+ * not: RFC 6750 names a wrong token invalid_token, and says nothing of a
+ * request that sent none (or another scheme). */
+bool auth_is_bearer(const char *header);
 
 #endif

@@ -107,19 +107,21 @@ enum MHD_Result request_begin(struct request *req, const char *url, const char *
         if (atomic_load(&a->stopping))
                 return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
                                    "futured is shutting down");
+        /* The token first, whatever the path: a client without one learns
+         * nothing of which paths exist. */
+        r = route_find(method, url, &req->route, &req->id, allow, sizeof(allow));
+        if (a->auth && (r < 0 || !(req->route->flags & ROUTE_OPEN))) {
+                authorization = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                            MHD_HTTP_HEADER_AUTHORIZATION);
+                if (!auth_check(a->auth, authorization))
+                        return refuse_unauthorized(req, auth_is_bearer(authorization));
+        }
         /* MHD decodes the path in place, so an escape ("%31" for "1", or
          * "%00", which cuts the string short) leaves it shorter than it
          * came. No path here needs one: refusing them gives every resource
          * one name. The path is not echoed: it is raw client bytes. */
         if (strlen(url) != req->path_len)
                 return reply_error(req, MHD_HTTP_NOT_FOUND, "not_found", "no such resource");
-        r = route_find(method, url, &req->route, &req->id, allow, sizeof(allow));
-        if (a->auth && (r < 0 || !(req->route->flags & ROUTE_OPEN))) {
-                authorization = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
-                                                            MHD_HTTP_HEADER_AUTHORIZATION);
-                if (!auth_check(a->auth, authorization))
-                        return refuse_unauthorized(req, authorization != NULL);
-        }
         if (r == -EOPNOTSUPP)
                 return reply_error_with(req, MHD_HTTP_METHOD_NOT_ALLOWED, MHD_HTTP_HEADER_ALLOW,
                                         allow, "method_not_allowed",

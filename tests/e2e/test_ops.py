@@ -371,20 +371,25 @@ class AuthTest(DaemonTestCase):
 
         def test_refused_without_token(self):
                 d = self.daemon
+                # A path with an escape too: the 401 comes before the 404 it
+                # would get with a token.
                 for method, path in (("GET", "/v1/tasks"), ("GET", "/metrics"),
                                      ("GET", "/v1/stats"), ("GET", "/no/such/thing"),
-                                     ("DELETE", "/healthz")):
+                                     ("DELETE", "/healthz"), ("GET", "/v1/jobs/%31")):
                         with self.subTest(path=path):
                                 self.assertUnauthorized(d.request(method, path), False)
 
         def test_refused_with_wrong_token(self):
+                # invalid_token only for a bearer token that is not known;
+                # another scheme, or none, is a request without one.
                 d = self.daemon
-                for value in ("Bearer nope", "Bearer " + TOKENS[0] + "x", "Bearer " + TOKENS[0][:-1],
-                              "Basic " + TOKENS[0], "Bearer", "Bearer " + TOKENS[0] + " extra",
-                              TOKENS[0]):
+                for value, invalid in (("Bearer nope", True), ("Bearer " + TOKENS[0] + "x", True),
+                                       ("Bearer " + TOKENS[0][:-1], True), ("Basic " + TOKENS[0], False),
+                                       ("Bearer", False), ("Bearer " + TOKENS[0] + " extra", False),
+                                       (TOKENS[0], False), ("", False)):
                         with self.subTest(value=value):
                                 r = d.request("GET", "/v1/tasks", headers={"Authorization": value})
-                                self.assertUnauthorized(r, True)
+                                self.assertUnauthorized(r, invalid)
 
         def test_submission_refused_before_body(self):
                 d = self.daemon

@@ -155,7 +155,10 @@ enum MHD_Result request_begin(struct request *req, const char *url, const char *
                 return req->route->handler(req);
         if ((req->route->flags & ROUTE_BODY) && !json_media_type(type))
                 return reply_error(req, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
-                                   "the body must be JSON: send Content-Type: application/json");
+                                   (req->route->flags & ROUTE_NDJSON)
+                                           ? "the body must be JSON (Content-Type: application/json) "
+                                             "or JSON Lines (application/x-ndjson)"
+                                           : "the body must be JSON: send Content-Type: application/json");
         return MHD_YES;
 }
 

@@ -87,6 +87,7 @@ struct slot {
         int sock;               /* the job socket; -1 without a worker */
         int pidfd;
         pid_t pid;              /* 0: no worker */
+        pid_t group;            /* the running job's command group (exec); 0: none */
         enum slot_owner owner;
         bool busy;
         bool spawn_failed;
@@ -400,6 +401,30 @@ static int reply_parse(const char *msg, size_t len, struct sched_outcome *out, b
         return r;
 }
 
+/* The next frame of the job's run, readable now: RUN_REPLY with *ret_msg
+ * set, or RUN_BAD_REPLY, RUN_DEAD. A notice of the command's process group
+ * ({"group":N}, daemon/worker.c) is taken in passing and read past. */
+static enum run_end slot_read(struct slot *sl, char **ret_msg, size_t *ret_len, bool *ret_notice)
+{
+        json_t *notice;
+        int r = frame_read(sl->sock, ret_msg, ret_len);
+
+        /* too big, or left half-sent past REPLY_STALL */
+        if (r == -EMSGSIZE || r == -EAGAIN)
+                return RUN_BAD_REPLY;
+        if (r < 0)
+                return RUN_DEAD;
+        *ret_notice = *ret_len < 64 && strncmp(*ret_msg, "{\"group\":", 9) == 0;
+        if (!*ret_notice)
+                return RUN_REPLY;
+        notice = json_loadb(*ret_msg, *ret_len, 0, NULL);
+        free(*ret_msg);
+        *ret_msg = NULL;
+        sl->group = (pid_t)json_integer_value(json_object_get(notice, "group"));
+        json_decref(notice);
+        return sl->group > 0 ? RUN_REPLY : RUN_BAD_REPLY;
+}
+
 /* Waits for the reply to the job just sent; *ret_msg set on RUN_REPLY. */
 static enum run_end slot_wait(struct slot *sl, double deadline, char **ret_msg, size_t *ret_len)
 {
@@ -408,24 +433,27 @@ static enum run_end slot_wait(struct slot *sl, double deadline, char **ret_msg, 
                 { .fd = sl->efd, .events = POLLIN },
                 { .fd = sl->pidfd, .events = POLLIN },
         };
-        int r = poll_until(fds, 3, deadline);
+        enum run_end end;
+        bool notice;
+        int r;
 
-        if (r < 0) {
-                log_errno(LOG_ERR, r, "CPU worker %u: poll", sl->index);
-                return RUN_DEAD;
+        for (;;) {
+                r = poll_until(fds, 3, deadline);
+                if (r < 0) {
+                        log_errno(LOG_ERR, r, "CPU worker %u: poll", sl->index);
+                        return RUN_DEAD;
+                }
+                if (r == 0)
+                        return RUN_TIMEOUT;
+                /* A reply that raced with an interrupt is still taken: the
+                 * scheduler knows why it interrupted, and the worker need
+                 * not die. */
+                if (!fds[0].revents)
+                        return fds[1].revents ? RUN_INTERRUPT : RUN_DEAD;
+                end = slot_read(sl, ret_msg, ret_len, &notice);
+                if (end != RUN_REPLY || !notice)
+                        return end;
         }
-        if (r == 0)
-                return RUN_TIMEOUT;
-        /* A reply that raced with an interrupt is still taken: the scheduler
-         * knows why it interrupted, and the worker need not die. */
-        if (fds[0].revents) {
-                r = frame_read(sl->sock, ret_msg, ret_len);
-                /* too big, or left half-sent past REPLY_STALL */
-                if (r == -EMSGSIZE || r == -EAGAIN)
-                        return RUN_BAD_REPLY;
-                return r < 0 ? RUN_DEAD : RUN_REPLY;
-        }
-        return fds[1].revents ? RUN_INTERRUPT : RUN_DEAD;
 }
 
 /* Asks the worker to stop the job it runs and waits STOP_GRACE for its
@@ -437,12 +465,29 @@ static enum run_end slot_stop(struct slot *sl, char **ret_msg, size_t *ret_len)
                 { .fd = sl->sock, .events = POLLIN },
                 { .fd = sl->pidfd, .events = POLLIN },
         };
+        double deadline = task_monotonic() + STOP_GRACE;
+        enum run_end end;
+        bool notice;
 
-        if (frame_try_write(sl->sock, stop, sizeof(stop) - 1) < 0 ||
-            poll_until(fds, 2, task_monotonic() + STOP_GRACE) <= 0 || !fds[0].revents ||
-            frame_read(sl->sock, ret_msg, ret_len) < 0)
+        if (frame_try_write(sl->sock, stop, sizeof(stop) - 1) < 0)
                 return RUN_DEAD;
-        return RUN_REPLY;
+        do {
+                if (poll_until(fds, 2, deadline) <= 0 || !fds[0].revents)
+                        return RUN_DEAD;
+                end = slot_read(sl, ret_msg, ret_len, &notice);
+        } while (end == RUN_REPLY && notice);
+        return end == RUN_REPLY ? RUN_REPLY : RUN_DEAD;
+}
+
+/* A worker that goes mid-run (killed, crashed) leaves its command's
+ * children behind: the command itself dies with its worker, the rest of
+ * its group does not. Killed before the worker is reaped: while anything
+ * of the group lives, its id names no other group. */
+static void slot_kill_group(struct slot *sl)
+{
+        if (sl->group > 0)
+                (void)kill(-sl->group, SIGKILL);
+        sl->group = 0;
 }
 
 /* The error of a job the pool ended: its deadline or an interrupt. */
@@ -508,6 +553,7 @@ static void slot_run(struct slot *sl, const struct job *j, struct sched_outcome 
                 return;
         }
 
+        sl->group = 0;
         r = frame_write(sl->sock, msg, len);
         free(msg);
         if (r == 0)
@@ -515,11 +561,14 @@ static void slot_run(struct slot *sl, const struct job *j, struct sched_outcome 
         if (end == RUN_TIMEOUT || end == RUN_INTERRUPT)
                 stop = slot_stop(sl, &reply, &len);
         if (end == RUN_REPLY || stop == RUN_REPLY) {
-                if (slot_take_reply(sl, j, end, reply, len, out) == 0)
+                if (slot_take_reply(sl, j, end, reply, len, out) == 0) {
+                        sl->group = 0;
                         return;
+                }
                 end = RUN_BAD_REPLY;
         }
 
+        slot_kill_group(sl);
         describe_status(slot_replace(sl, end == RUN_DEAD ? EXIT_WAIT : 0), what, sizeof(what));
         switch (end) {
         case RUN_TIMEOUT:

@@ -27,6 +27,7 @@
 #include <poll.h>
 #include <stdbool.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -111,6 +112,20 @@ static bool stop_pending(int fd)
         return poll(&pfd, 1, 0) > 0;
 }
 
+/* The job socket, for group_started(): the worker is single-threaded. */
+static int job_fd = -1;
+
+/* An exec command's process group, named to the daemon, which kills what is
+ * left of it should this worker die mid-run. A failed write shows again at
+ * the reply's. */
+static void group_started(pid_t pgid)
+{
+        char text[32];
+        int n = snprintf(text, sizeof(text), "{\"group\":%d}", (int)pgid);
+
+        (void)frame_write(job_fd, text, (size_t)n);
+}
+
 /* Takes the setup frame that precedes every job. */
 static int worker_setup(int fd)
 {
@@ -129,7 +144,8 @@ static int worker_setup(int fd)
                 log_error("worker: malformed setup");
                 return -EBADMSG;
         }
-        r = exec_worker_init(exec, fd, err, sizeof(err));
+        job_fd = fd;
+        r = exec_worker_init(exec, fd, group_started, err, sizeof(err));
         json_decref(msg);
         if (r < 0)
                 log_error("worker: exec settings: %s", err);

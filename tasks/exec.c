@@ -24,9 +24,10 @@
  * command's main process does, and nothing it started in its group outlives
  * it.
  *
- * If the worker dies (the daemon was killed, say), the command's death
- * signal kills the command itself; its own children left in the group are
- * not reached. */
+ * If the worker dies, the command's death signal kills the command
+ * itself, and the daemon, told of the group (group_started), kills what is
+ * left in it. If the daemon dies too (kill -9), only the service manager
+ * (systemd's cgroup) reaches the rest. */
 #include "tasks/exec.h"
 
 #include <errno.h>
@@ -83,6 +84,7 @@ struct settings {
 
 static struct settings settings = { .max_output = EXEC_MAX_OUTPUT_DEFAULT };
 static int stop_fd = -1;
+static void (*group_started)(pid_t pgid);
 
 static void words_free(char **words)
 {
@@ -458,7 +460,8 @@ json_t *exec_settings_dump(void)
                          "nofile", (json_int_t)settings.nofile);
 }
 
-int exec_worker_init(const json_t *dump, int fd, char *err, size_t errlen)
+int exec_worker_init(const json_t *dump, int fd, void (*started)(pid_t pgid), char *err,
+                     size_t errlen)
 {
         struct exec_options o = { 0 };
         struct exec_command *commands;
@@ -491,8 +494,10 @@ int exec_worker_init(const json_t *dump, int fd, char *err, size_t errlen)
         o.nofile = (unsigned long)nofile;
         r = exec_configure(&o, err, errlen);
         free(commands);
-        if (r == 0)
+        if (r == 0) {
                 stop_fd = fd;
+                group_started = started;
+        }
         return r;
 }
 
@@ -500,6 +505,7 @@ void exec_cleanup(void)
 {
         settings_free(&settings);
         stop_fd = -1;
+        group_started = NULL;
 }
 
 /* ---- arguments ---- */
@@ -914,6 +920,11 @@ static int command_run(char **argv, const json_t *stdin_arg, double deadline, st
                 r = task_fail(terr, "task_error", true, "cannot fork: %s", strerror(errno));
                 goto out;
         }
+        /* The child makes its own group too; whichever comes first, the
+         * group exists before it is named. */
+        (void)setpgid(pid, pid);
+        if (group_started)
+                group_started(pid);
         fd_close(&in[0]);
         fd_close(&out[1]);
         fd_close(&err[1]);

@@ -12,6 +12,7 @@
 #define FUTURED_TASK_EXEC_H
 
 #include <stddef.h>
+#include <sys/types.h>
 #include <jansson.h>
 
 #define EXEC_MAX_OUTPUT_DEFAULT (1u << 20)
@@ -48,8 +49,12 @@ json_t *exec_settings_dump(void);
 /* In a CPU worker: adopts the daemon's settings. stop_fd is the job
  * socket: while a command runs, data or end of file on it means stop now,
  * and the command's process group is killed; nothing is read from it.
- * Writes to a command's stdin need SIGPIPE ignored in the caller. */
-int exec_worker_init(const json_t *settings, int stop_fd, char *err, size_t errlen);
+ * group_started(pgid) is called once each command's process group exists,
+ * before the run waits on it: should the worker die, the group is left for
+ * the daemon to kill. Writes to a command's stdin need SIGPIPE ignored in
+ * the caller. */
+int exec_worker_init(const json_t *settings, int stop_fd, void (*group_started)(pid_t pgid),
+                     char *err, size_t errlen);
 
 /* Releases the settings. */
 void exec_cleanup(void);

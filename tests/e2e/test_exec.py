@@ -19,6 +19,7 @@ join = /usr/bin/printf "<%%s>" {a} --b={b}
 count = /usr/bin/wc -l
 fail = /bin/sh -c "echo bad >&2; exit 4"
 hang = /bin/sh -c "echo $$ > hang.pid; exec /bin/sleep 60"
+orphan = /bin/sh -c "/bin/sleep 60 & echo $! > orphan.pid; wait"
 ppid = /bin/sh -c "echo $PPID"
 parse = /bin/cat
 zeros = /usr/bin/head -c 3 /dev/zero
@@ -54,8 +55,8 @@ class TestExec(DaemonTestCase):
         def restarts(self):
                 return self.daemon.stats()["pools"]["cpu"]["restarts"]
 
-        def hang_pid(self):
-                path = os.path.join(self.conf_dir, "hang.pid")
+        def hang_pid(self, name="hang"):
+                path = os.path.join(self.conf_dir, name + ".pid")
 
                 def read():
                         try:
@@ -166,6 +167,27 @@ class TestExec(DaemonTestCase):
                 j = d.wait(j["id"], timeout=10)
                 self.assertEqual(j["state"], "cancelled", j)
                 self.assertWorkersKept(pids, restarts, command)
+
+
+        def test_worker_killed_takes_the_command_group(self):
+                """A worker killed mid-run (OOM, kill -9): the command dies
+                with it, and the daemon kills what the command started in
+                its group, which would otherwise run on, orphaned."""
+                d = self.daemon
+                j = d.submit({"task": "exec", "args": {"command": "orphan"}, "timeout": 60, "max_attempts": 1})
+                child = self.hang_pid("orphan")
+                try:
+                        d.wait_state(j["id"], "running")
+                        for pid in d.cpu_pids():
+                                os.kill(pid, 9)
+                        j = d.wait(j["id"], timeout=10)
+                        self.assertEqual(j["state"], "failed", j)
+                        self.assertEqual(j["error"]["type"], "crashed", j)
+                        poll_until(lambda: not proc_alive(child), 5, "the command's child %d to die" % child)
+                finally:
+                        if proc_alive(child):
+                                os.kill(child, 9)
+                self.assertEqual(self.run_exec({"command": "ppid"})["state"], "succeeded")
 
 
 class TestExecConfig(DaemonTestCase):

@@ -421,8 +421,16 @@ static void test_deadline_busy_output(void **state)
         assert_string_equal(err.type, "timeout");
 }
 
+static pid_t group_named;
+
+static void record_group(pid_t pgid)
+{
+        group_named = pgid;
+}
+
 /* A stop on the worker's socket (data or a hang-up) ends the run at once;
- * settings pass through exec_settings_dump() as a worker gets them. */
+ * settings pass through exec_settings_dump() as a worker gets them. Each
+ * run names its process group first, which is gone when the run ends. */
 static void test_stop(void **state)
 {
         json_t *dump = exec_settings_dump(), *detail;
@@ -433,15 +441,20 @@ static void test_stop(void **state)
 
         assert_non_null(dump);
         assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-        assert_int_equal(exec_worker_init(dump, sv[0], msg, sizeof(msg)), 0);
+        assert_int_equal(exec_worker_init(dump, sv[0], record_group, msg, sizeof(msg)), 0);
         json_decref(dump);
         json_decref(run_ok("{\"command\": \"cat\", \"stdin\": \"still configured\"}"));
+        assert_true(group_named > 0);
+        assert_int_equal(kill(-group_named, 0), -1);
+        assert_int_equal(errno, ESRCH);
+        group_named = 0;
 
         assert_int_equal(write(sv[1], "x", 1), 1);
         assert_int_equal(run("{\"command\": \"sh\", \"script\": \"exec /bin/sleep 60\"}", 30, &detail,
                              &err), -EIO);
         assert_string_equal(err.type, "cancelled");
         assert_true(task_monotonic() - t0 < 2.0);
+        assert_true(group_named > 0);
         close(sv[0]);
         close(sv[1]);
         exec_cleanup();

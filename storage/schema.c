@@ -91,7 +91,12 @@
  * A batch's pending jobs get no index of their own, which would cost every
  * upload one more b-tree insert per item: jobs_batch walks them from a
  * cursor, and jobs_state, which files them apart from finished jobs, lets
- * a cancel in chunks skip those cancelled before. */
+ * a cancel in chunks skip those cancelled before.
+ *
+ * Version 3: PRAGMA application_id = SCHEMA_APPLICATION_ID ("FUTR"), so
+ * that another program's database, whatever its user_version, is never
+ * taken for a futured one. Versions 1 and 2 had none: such a file must
+ * hold the tables those versions made, and no application_id. */
 #include "storage/schema.h"
 
 #include <errno.h>
@@ -100,6 +105,9 @@
 #include "storage/store-internal.h"
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+/* "FUTR" */
+#define SCHEMA_APPLICATION_ID 0x46555452
+#define SCHEMA_APPLICATION_ID_SINCE 3
 
 static const char *const migrations[] = {
         /* 1 */
@@ -153,14 +161,19 @@ static const char *const migrations[] = {
         "  WHERE batch IS NOT NULL AND seq IS NOT NULL;"
         "CREATE INDEX jobs_finished ON jobs(finished_at)"
         "  WHERE batch IS NULL AND finished_at IS NOT NULL;",
+        /* 3 */
+        "PRAGMA application_id = 1179997266;",
 };
 
-static int user_version(sqlite3 *db, int *ret)
+_Static_assert(SCHEMA_APPLICATION_ID == 1179997266, "migration 3 writes SCHEMA_APPLICATION_ID");
+
+/* The integer a one-row query (a PRAGMA, a count) gives. */
+static int query_int(sqlite3 *db, const char *sql, int *ret)
 {
         sqlite3_stmt *st;
         int rc;
 
-        rc = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+        rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return store_errno(rc);
         rc = sqlite3_step(st);
@@ -168,6 +181,11 @@ static int user_version(sqlite3 *db, int *ret)
                 *ret = sqlite3_column_int(st, 0);
         sqlite3_finalize(st);
         return rc == SQLITE_ROW ? 0 : store_errno(rc);
+}
+
+static int user_version(sqlite3 *db, int *ret)
+{
+        return query_int(db, "PRAGMA user_version", ret);
 }
 
 /* -EPROTO for a version no migration of this futured wrote. */
@@ -176,36 +194,36 @@ static int version_check(int version)
         return version < 0 || (size_t) version > ARRAY_SIZE(migrations) ? -EPROTO : 0;
 }
 
-/* Tables, indexes, views and triggers in db: none in a new file. */
-static int object_count(sqlite3 *db, int *ret)
+/* 0 when db is futured's at version, or a new file (version 0, nothing in
+ * it); -EBADMSG when it is another program's. */
+static int owner_check(sqlite3 *db, int version)
 {
-        sqlite3_stmt *st;
-        int rc;
+        int app = 0, n = 0, r;
 
-        rc = sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return store_errno(rc);
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW)
-                *ret = sqlite3_column_int(st, 0);
-        sqlite3_finalize(st);
-        return rc == SQLITE_ROW ? 0 : store_errno(rc);
+        r = query_int(db, "PRAGMA application_id", &app);
+        if (r < 0)
+                return r;
+        if (version >= SCHEMA_APPLICATION_ID_SINCE)
+                return app == SCHEMA_APPLICATION_ID ? 0 : -EBADMSG;
+        if (app != 0)
+                return -EBADMSG;
+        r = query_int(db, version == 0 ? "SELECT count(*) FROM sqlite_master"
+                                       : "SELECT count(*) FROM sqlite_master "
+                                         "WHERE type = 'table' AND name = 'jobs'",
+                      &n);
+        if (r < 0)
+                return r;
+        return (version == 0) == (n == 0) ? 0 : -EBADMSG;
 }
 
 int schema_check(sqlite3 *db)
 {
-        int version = 0, objects = 0, r;
+        int version = 0, r;
 
         r = user_version(db, &version);
-        if (r == 0 && version == 0)
-                r = object_count(db, &objects);
-        if (r < 0)
-                return r;
-        /* Version 0 is a new file: one with tables of its own belongs to
-         * something else, and migrating it would write ours into it. */
-        if (version == 0 && objects > 0)
-                return -EBADMSG;
-        return version_check(version);
+        if (r == 0)
+                r = owner_check(db, version);
+        return r < 0 ? r : version_check(version);
 }
 
 /* Applies the step after the current version, if any. Returns 1 when a step

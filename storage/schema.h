@@ -10,7 +10,7 @@
 int schema_migrate(sqlite3 *db);
 /* Only reads: 0 when this build knows db's schema (an empty file
  * included), -EPROTO when it is newer, -EBADMSG when db is no database or
- * another program's (version 0 with tables in it). */
+ * another program's (see schema.c, version 3). */
 int schema_check(sqlite3 *db);
 
 #endif

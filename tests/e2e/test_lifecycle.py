@@ -290,6 +290,7 @@ class TestStartup(unittest.TestCase):
                         newer = os.path.join(tmp, "newer.db")
                         db = sqlite3.connect(newer)
                         db.execute("PRAGMA user_version = 999")
+                        db.execute("PRAGMA application_id = %d" % 0x46555452)
                         db.execute("CREATE TABLE t (a)")
                         db.commit()
                         db.close()
@@ -298,10 +299,27 @@ class TestStartup(unittest.TestCase):
                         db.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT)")
                         db.commit()
                         db.close()
+                        # user_version 2 as futured's was, without its tables;
+                        # and one with a jobs table but another program's id
+                        other_v2 = os.path.join(tmp, "other2.db")
+                        db = sqlite3.connect(other_v2)
+                        db.execute("PRAGMA user_version = 2")
+                        db.execute("CREATE TABLE t (a)")
+                        db.commit()
+                        db.close()
+                        other_id = os.path.join(tmp, "other_id.db")
+                        db = sqlite3.connect(other_id)
+                        db.execute("PRAGMA user_version = 3")
+                        db.execute("PRAGMA application_id = 7")
+                        db.execute("CREATE TABLE jobs (a)")
+                        db.commit()
+                        db.close()
                         fifo = os.path.join(tmp, "fifo.db")
                         os.mkfifo(fifo)
                         for path, says in ((text, b"not a futured database"),
                                            (other, b"not a futured database"),
+                                           (other_v2, b"not a futured database"),
+                                           (other_id, b"not a futured database"),
                                            (fifo, b"not a futured database"),
                                            (newer, b"written by a newer futured")):
                                 before = None

@@ -185,6 +185,22 @@ static int teardown(void **state)
         return 0;
 }
 
+/* A single-row, single-column query on the file, outside the store. */
+static int64_t query_int64(const char *path, const char *sql)
+{
+        sqlite3 *db;
+        sqlite3_stmt *st;
+        int64_t v;
+
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        v = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+        return v;
+}
+
 static int64_t user_version(const char *path, int set)
 {
         sqlite3 *db;
@@ -215,7 +231,8 @@ static void test_open_migrate_reopen(void **state)
         store_up(f);
         j = submit(f, "noop", NULL);
         store_down(f);
-        assert_int_equal(user_version(f->tmp.path, -1), 2);
+        assert_int_equal(user_version(f->tmp.path, -1), 3);
+        assert_int_equal(query_int64(f->tmp.path, "PRAGMA application_id"), 0x46555452);
 
         /* Reopening keeps the data and does not migrate again. */
         store_up(f);
@@ -223,7 +240,7 @@ static void test_open_migrate_reopen(void **state)
         assert_string_equal(got->task, "noop");
         job_free(got);
         store_down(f);
-        assert_int_equal(user_version(f->tmp.path, -1), 2);
+        assert_int_equal(user_version(f->tmp.path, -1), 3);
 
         /* One futured per file: an open store keeps others out. */
         store_up(f);
@@ -232,10 +249,10 @@ static void test_open_migrate_reopen(void **state)
         store_down(f);
 
         /* A file from a newer futured is refused, not misread. */
-        user_version(f->tmp.path, 3);
+        user_version(f->tmp.path, 4);
         assert_int_equal(store_open(&o, &s), -EPROTO);
         assert_null(s);
-        user_version(f->tmp.path, 2);
+        user_version(f->tmp.path, 3);
         job_free(j);
 }
 
@@ -919,21 +936,6 @@ static const char v1_schema[] =
         "  VALUES ('noop', 'io', 'succeeded', '{}', 30, 1, 1, 1000, 2000);"
         "PRAGMA user_version = 1;";
 
-/* A single-row, single-column query on the file, outside the store. */
-static int64_t query_int64(const char *path, const char *sql)
-{
-        sqlite3 *db;
-        sqlite3_stmt *st;
-        int64_t v;
-
-        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-        assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-        v = sqlite3_column_int64(st, 0);
-        sqlite3_finalize(st);
-        sqlite3_close(db);
-        return v;
-}
 
 static int batch_op(struct fixture *f, enum wop_type type, struct batch *b, size_t *ret_count)
 {
@@ -1041,7 +1043,7 @@ static void test_migrate_from_v1(void **state)
         assert_int_equal(user_version(f->tmp.path, -1), 1);
 
         store_up(f);
-        assert_int_equal(user_version(f->tmp.path, -1), 2);
+        assert_int_equal(user_version(f->tmp.path, -1), 3);
         assert_int_equal(store_get_job(f->reader, 1, &got), 0);
         assert_int_equal(got->state, JOB_SUCCEEDED);
         assert_int_equal(got->seq, 1);

@@ -293,8 +293,8 @@ static int config_ini_line(void *user, const char *section, const char *name, co
 /* inih reads a line into a buffer of INI_MAX_LINE (200, as Debian builds
  * it), newline and NUL included, and parses the rest of a longer line as
  * a line of its own, and a NUL byte ends its line: such lines are refused
- * here, before they are misread. 0, or -EINVAL with err filled (1-based
- * line numbers). */
+ * here, before they are misread, as is an unclosed section header. 0, or
+ * -EINVAL with err filled (1-based line numbers). */
 static int config_check_lines(FILE *f, const char *path, char *err, size_t errlen)
 {
         size_t cap = 0, len;
@@ -312,6 +312,11 @@ static int config_check_lines(FILE *f, const char *path, char *err, size_t errle
                         r = -EINVAL;
                 } else if (memchr(line, '\0', len)) {
                         snprintf(err, errlen, "%s:%d: a NUL byte", path, no);
+                        r = -EINVAL;
+                } else if (line[0] == '[' && !memchr(line, ']', len)) {
+                        /* inih would go on under section "", and the
+                         * message kept would be of a later line's key. */
+                        snprintf(err, errlen, "%s:%d: a section header without ']'", path, no);
                         r = -EINVAL;
                 }
         }

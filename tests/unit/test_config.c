@@ -125,6 +125,7 @@ static void test_bad_input(void **state)
                 { "[nowhere]\nio_threads = 4\n", NULL, NULL, "section [nowhere]" },
                 { "[pools]\nio_threads = lots\n", NULL, NULL, ":2: io_threads" },
                 { "[pools\n", NULL, NULL, ":1:" },
+                { "[pools\nio_threads = 3\n", NULL, NULL, ":1: a section header without ']'" },
                 /* the first error's line and its own message */
                 { "[pools]\nio_thread = 3\nio_threads = 0\n", NULL, NULL,
                   ":2: unknown key 'io_thread'" },

@@ -403,7 +403,8 @@ static int reply_parse(const char *msg, size_t len, struct sched_outcome *out, b
 
 /* The next frame of the job's run, readable now: RUN_REPLY with *ret_msg
  * set, or RUN_BAD_REPLY, RUN_DEAD. A notice of the command's process group
- * ({"group":N}, daemon/worker.c) is taken in passing and read past. */
+ * ({"group":N}, 0 once it is gone: daemon/worker.c) is taken in passing
+ * and read past. */
 static enum run_end slot_read(struct slot *sl, char **ret_msg, size_t *ret_len, bool *ret_notice)
 {
         json_t *notice;
@@ -422,7 +423,7 @@ static enum run_end slot_read(struct slot *sl, char **ret_msg, size_t *ret_len, 
         *ret_msg = NULL;
         sl->group = (pid_t)json_integer_value(json_object_get(notice, "group"));
         json_decref(notice);
-        return sl->group > 0 ? RUN_REPLY : RUN_BAD_REPLY;
+        return sl->group >= 0 ? RUN_REPLY : RUN_BAD_REPLY;
 }
 
 /* Waits for the reply to the job just sent; *ret_msg set on RUN_REPLY. */
@@ -469,8 +470,10 @@ static enum run_end slot_stop(struct slot *sl, char **ret_msg, size_t *ret_len)
         enum run_end end;
         bool notice;
 
+        /* A worker that cannot be told is gone or stuck; what it queued
+         * (a group notice) is still read. */
         if (frame_try_write(sl->sock, stop, sizeof(stop) - 1) < 0)
-                return RUN_DEAD;
+                deadline = task_monotonic();
         do {
                 if (poll_until(fds, 2, deadline) <= 0 || !fds[0].revents)
                         return RUN_DEAD;
@@ -481,8 +484,9 @@ static enum run_end slot_stop(struct slot *sl, char **ret_msg, size_t *ret_len)
 
 /* A worker that goes mid-run (killed, crashed) leaves its command's
  * children behind: the command itself dies with its worker, the rest of
- * its group does not. Killed before the worker is reaped: while anything
- * of the group lives, its id names no other group. */
+ * its group does not. The worker names the group only while it holds the
+ * leader unreaped, and a dead worker's queued frames are read before it
+ * is: while the group is named, its id names no other group. */
 static void slot_kill_group(struct slot *sl)
 {
         if (sl->group > 0)

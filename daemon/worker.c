@@ -112,13 +112,13 @@ static bool stop_pending(int fd)
         return poll(&pfd, 1, 0) > 0;
 }
 
-/* The job socket, for group_started(): the worker is single-threaded. */
+/* The job socket, for group_named(): the worker is single-threaded. */
 static int job_fd = -1;
 
-/* An exec command's process group, named to the daemon, which kills what is
- * left of it should this worker die mid-run. A failed write shows again at
- * the reply's. */
-static void group_started(pid_t pgid)
+/* An exec command's process group (0: gone), named to the daemon, which
+ * kills what is left of it should this worker die mid-run. A failed write
+ * shows again at the reply's. */
+static void group_named(pid_t pgid)
 {
         char text[32];
         int n = snprintf(text, sizeof(text), "{\"group\":%d}", (int)pgid);
@@ -145,7 +145,7 @@ static int worker_setup(int fd)
                 return -EBADMSG;
         }
         job_fd = fd;
-        r = exec_worker_init(exec, fd, group_started, err, sizeof(err));
+        r = exec_worker_init(exec, fd, group_named, err, sizeof(err));
         json_decref(msg);
         if (r < 0)
                 log_error("worker: exec settings: %s", err);

@@ -25,7 +25,7 @@
  * it.
  *
  * If the worker dies, the command's death signal kills the command
- * itself, and the daemon, told of the group (group_started), kills what is
+ * itself, and the daemon, told of the group (group_named), kills what is
  * left in it. If the daemon dies too (kill -9), only the service manager
  * (systemd's cgroup) reaches the rest. */
 #include "tasks/exec.h"
@@ -84,7 +84,7 @@ struct settings {
 
 static struct settings settings = { .max_output = EXEC_MAX_OUTPUT_DEFAULT };
 static int stop_fd = -1;
-static void (*group_started)(pid_t pgid);
+static void (*group_named)(pid_t pgid);
 
 static void words_free(char **words)
 {
@@ -460,7 +460,7 @@ json_t *exec_settings_dump(void)
                          "nofile", (json_int_t)settings.nofile);
 }
 
-int exec_worker_init(const json_t *dump, int fd, void (*started)(pid_t pgid), char *err,
+int exec_worker_init(const json_t *dump, int fd, void (*named)(pid_t pgid), char *err,
                      size_t errlen)
 {
         struct exec_options o = { 0 };
@@ -496,7 +496,7 @@ int exec_worker_init(const json_t *dump, int fd, void (*started)(pid_t pgid), ch
         free(commands);
         if (r == 0) {
                 stop_fd = fd;
-                group_started = started;
+                group_named = named;
         }
         return r;
 }
@@ -505,7 +505,7 @@ void exec_cleanup(void)
 {
         settings_free(&settings);
         stop_fd = -1;
-        group_started = NULL;
+        group_named = NULL;
 }
 
 /* ---- arguments ---- */
@@ -894,6 +894,17 @@ struct run {
         int status;
 };
 
+/* Reaps the command's leader, whose pid names its group until then. The
+ * daemon is told first that the group is gone (group_named(0)): once the
+ * leader is reaped the number may name another group, which the daemon,
+ * should this worker die before its reply, must not kill. */
+static void reap_leader(pid_t pid, int *ret_status)
+{
+        if (group_named)
+                group_named(0);
+        reap(pid, ret_status);
+}
+
 static int command_run(char **argv, const json_t *stdin_arg, double deadline, struct run *run,
                        struct task_error *terr)
 {
@@ -923,8 +934,8 @@ static int command_run(char **argv, const json_t *stdin_arg, double deadline, st
         /* The child makes its own group too; whichever comes first, the
          * group exists before it is named. */
         (void)setpgid(pid, pid);
-        if (group_started)
-                group_started(pid);
+        if (group_named)
+                group_named(pid);
         fd_close(&in[0]);
         fd_close(&out[1]);
         fd_close(&err[1]);
@@ -933,7 +944,7 @@ static int command_run(char **argv, const json_t *stdin_arg, double deadline, st
         while ((n = read(report[0], &f, sizeof(f))) < 0 && errno == EINTR)
                 ;
         if (n == sizeof(f)) {
-                reap(pid, &run->status);
+                reap_leader(pid, &run->status);
                 r = task_fail(terr, "task_error", false, "%s %s: %s",
                               f.stage == STAGE_EXEC ? "cannot execute" :
                               f.stage == STAGE_CHDIR ? "cannot enter work_dir for" :
@@ -967,7 +978,7 @@ static int command_run(char **argv, const json_t *stdin_arg, double deadline, st
                 r = output_read(&run->out, true);
         if (r >= 0 && run->err.fd >= 0)
                 r = output_read(&run->err, true);
-        reap(pid, &run->status);
+        reap_leader(pid, &run->status);
         if (r > 0)
                 r = 0;
         if (r == -ETIMEDOUT)

@@ -49,11 +49,12 @@ json_t *exec_settings_dump(void);
 /* In a CPU worker: adopts the daemon's settings. stop_fd is the job
  * socket: while a command runs, data or end of file on it means stop now,
  * and the command's process group is killed; nothing is read from it.
- * group_started(pgid) is called once each command's process group exists,
- * before the run waits on it: should the worker die, the group is left for
- * the daemon to kill. Writes to a command's stdin need SIGPIPE ignored in
- * the caller. */
-int exec_worker_init(const json_t *settings, int stop_fd, void (*group_started)(pid_t pgid),
+ * group_named(pgid) is called once each command's process group exists,
+ * before the run waits on it, and group_named(0) before its leader is
+ * reaped, when the id may name another group: should the worker die
+ * between the two, the group is left for the daemon to kill. Writes to a
+ * command's stdin need SIGPIPE ignored in the caller. */
+int exec_worker_init(const json_t *settings, int stop_fd, void (*group_named)(pid_t pgid),
                      char *err, size_t errlen);
 
 /* Releases the settings. */

@@ -421,16 +421,19 @@ static void test_deadline_busy_output(void **state)
         assert_string_equal(err.type, "timeout");
 }
 
-static pid_t group_named;
+/* What the run told of its command's group: the id, then 0 when gone. */
+static pid_t group_named, group_current;
 
 static void record_group(pid_t pgid)
 {
-        group_named = pgid;
+        if (pgid > 0)
+                group_named = pgid;
+        group_current = pgid;
 }
 
 /* A stop on the worker's socket (data or a hang-up) ends the run at once;
  * settings pass through exec_settings_dump() as a worker gets them. Each
- * run names its process group first, which is gone when the run ends. */
+ * run names its process group, then 0 before the group's id is free. */
 static void test_stop(void **state)
 {
         json_t *dump = exec_settings_dump(), *detail;
@@ -445,6 +448,7 @@ static void test_stop(void **state)
         json_decref(dump);
         json_decref(run_ok("{\"command\": \"cat\", \"stdin\": \"still configured\"}"));
         assert_true(group_named > 0);
+        assert_int_equal(group_current, 0);
         assert_int_equal(kill(-group_named, 0), -1);
         assert_int_equal(errno, ESRCH);
         group_named = 0;
@@ -455,6 +459,7 @@ static void test_stop(void **state)
         assert_string_equal(err.type, "cancelled");
         assert_true(task_monotonic() - t0 < 2.0);
         assert_true(group_named > 0);
+        assert_int_equal(group_current, 0);
         close(sv[0]);
         close(sv[1]);
         exec_cleanup();

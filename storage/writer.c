@@ -19,8 +19,9 @@
  * fails alone, nothing: BATCH_ITEMS runs inside a savepoint it rolls back
  * to. The counters of a batch (schema.c) change in the same transaction as
  * the jobs they count. Ops over a whole batch (CANCEL, ABORT, DELETE,
- * PURGE) touch at most WRITER_CHUNK jobs each, so that one op cannot hold
- * the writer for long (a million jobs take seconds to delete).
+ * PURGE) touch at most WRITER_CHUNK jobs each and end their transaction,
+ * so that neither one op nor several queued at once hold the writer for
+ * long (a million jobs take seconds to delete).
  *
  * seq is the last completion-order number handed out; only the writer
  * thread touches it, and a rolled-back transaction gives its numbers back.
@@ -182,7 +183,7 @@ struct writer {
         sqlite3_stmt *st[ST__COUNT];
         int64_t seq;                    /* writer thread only */
         /* Under lock: stamps ops so an end finds a START it may fold;
-         * one per transaction, and one more past each batch cancel. */
+         * one per transaction. */
         uint64_t txn;
         pthread_t thread;
 
@@ -999,9 +1000,17 @@ static void take_op(struct writer *w, struct wop *op)
                 op->start->skip = true;
 }
 
-/* Under lock, with the queue not empty: its first TXN_OPS_MAX ops. Every
- * op of a transaction waits for its commit, so a flood (the ends of a batch
- * of fast jobs) must not make one transaction of seconds. */
+/* Ops that change up to WRITER_CHUNK jobs each. */
+static bool op_bulk(enum wop_type type)
+{
+        return type == WOP_BATCH_CANCEL || type == WOP_BATCH_ABORT || type == WOP_BATCH_DELETE ||
+               type == WOP_PURGE;
+}
+
+/* Under lock, with the queue not empty: its first TXN_OPS_MAX ops, and no
+ * op past a bulk one. Every op of a transaction waits for its commit, so a
+ * flood (the ends of a batch of fast jobs), or several deletes of big
+ * batches at once, must not make one transaction of seconds. */
 static struct wop *take_ops(struct writer *w)
 {
         struct wop *first = w->head, *last = first;
@@ -1009,12 +1018,10 @@ static struct wop *take_ops(struct writer *w)
         w->txn++;
         for (size_t n = 1;; n++) {
                 take_op(w, last);
-                /* A batch cancel ends the batch's pending jobs: a START
-                 * before it must be written before it, not folded into
-                 * an end after it. */
-                if (last->type == WOP_BATCH_CANCEL)
-                        w->txn++;
-                if (n == TXN_OPS_MAX || !last->next)
+                /* After a batch cancel too, which ends the batch's pending
+                 * jobs: a START before it is written before it, not folded
+                 * into an end after it. */
+                if (n == TXN_OPS_MAX || !last->next || op_bulk(last->type))
                         break;
                 last = last->next;
         }

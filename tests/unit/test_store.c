@@ -356,9 +356,10 @@ static int gate_then_fail_once(void)
         return n == 2 ? -ENOSPC : 0;
 }
 
-/* Runs ops[0..n) in one transaction, in order: the writer is held in the
- * commit of a submission of its own (by hook, which must call gate_hook()
- * first; NULL: gate_hook) while they queue behind it. */
+/* Runs ops[0..n) queued together, in order, so that the writer takes them
+ * as one transaction (cut after a bulk op): it is held in the commit of a
+ * submission of its own (by hook, which must call gate_hook() first; NULL:
+ * gate_hook) while they queue behind it. */
 static void run_together_hooked(struct fixture *f, struct wop *ops, size_t n, int (*hook)(void))
 {
         struct job *x = make_job("noop", NULL);
@@ -1285,6 +1286,31 @@ static void test_fold_stops_at_batch_cancel(void **state)
         batch_free(b);
 }
 
+/* A bulk op (up to WRITER_CHUNK jobs) ends its transaction: submissions
+ * queued behind several do not wait for all of them. */
+static void test_bulk_op_ends_transaction(void **state)
+{
+        struct fixture *f = *state;
+        struct writer_stats before, after;
+        struct wop ops[4];
+        struct job *j = make_job("noop", NULL), *k = make_job("noop", NULL);
+
+        store_up(f);
+        ops[0] = (struct wop) { .type = WOP_PURGE, .cutoff = 1 };
+        ops[1] = (struct wop) { .type = WOP_PURGE, .cutoff = 1 };
+        op_init(&ops[2], WOP_SUBMIT, j, NULL);
+        op_init(&ops[3], WOP_SUBMIT, k, NULL);
+        writer_get_stats(f->writer, &before);
+        run_together(f, ops, 4);
+        writer_get_stats(f->writer, &after);
+        /* the holding submission's, one per purge, one for both submissions */
+        assert_int_equal(after.commits - before.commits, 4);
+        for (int i = 0; i < 4; i++)
+                assert_int_equal(ops[i].result, 0);
+        job_free(j);
+        job_free(k);
+}
+
 static void test_batch_finish_counts(void **state)
 {
         struct fixture *f = *state;
@@ -2014,6 +2040,7 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_batch_whole, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_fold_stops_at_batch_cancel, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_start_folded_requeue_retry, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_bulk_op_ends_transaction, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_finish_counts, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_results, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_pending, setup, teardown),

@@ -616,7 +616,7 @@ static enum MHD_Result submit_json(struct request *req)
                 return reply_error(req, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
                                    "?format= takes a JSONL file: send it with Content-Type: "
                                    "application/x-ndjson");
-        if (!u && MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, NULL, NULL) > 0)
+        if (!u && req->query_args > 0)
                 return reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_request",
                                    "a JSON batch has its fields in the body; the query string "
                                    "is for an NDJSON one");

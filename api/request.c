@@ -134,6 +134,7 @@ enum MHD_Result request_begin(struct request *req, const char *url, const char *
         if (r < 0)
                 return reply_error(req, MHD_HTTP_BAD_REQUEST,
                                    r == -ENOENT ? "unknown_field" : "invalid_request", "%s", message);
+        req->query_args = r;
 
         type = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
                                            MHD_HTTP_HEADER_CONTENT_TYPE);

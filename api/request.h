@@ -63,6 +63,7 @@ struct request {
 
         bool suspended;                 /* MHD thread only */
         bool resumed;                   /* the handler runs again after a suspend */
+        int query_args;                 /* the query's arguments (route_check_query()) */
         int error;                      /* what went wrong while suspended, or 0 */
 
         struct sched_submission sub;    /* POST /v1/jobs */

@@ -139,6 +139,7 @@ static int word_index(const char *list, const char *key)
 struct query_check {
         const char *list;
         unsigned seen;          /* bit i: word i of list came */
+        int count;
         const char *bad;        /* the first key refused */
         int why;                /* -ENOENT, -EEXIST or -EILSEQ */
 };
@@ -164,6 +165,7 @@ static enum MHD_Result query_check_arg(void *cls, enum MHD_ValueKind kind, const
                 c->why = -EEXIST;
         else {
                 c->seen |= 1u << i;
+                c->count++;
                 return MHD_YES;
         }
         c->bad = key;
@@ -178,7 +180,7 @@ int route_check_query(const struct route *r, struct MHD_Connection *conn, char *
         MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, query_check_arg, &c);
         switch (c.why) {
         case 0:
-                return 0;
+                return c.count;
         case -EILSEQ:
                 snprintf(msg, msglen, "query argument \"%.64s\" is not UTF-8 text without NUL",
                          c.bad);

@@ -37,10 +37,10 @@ struct route {
 int route_find(const char *method, const char *path, const struct route **ret,
                int64_t *ret_id, char *allow, size_t allowlen);
 
-/* 0 when each query argument of conn is one that r takes, given once, as
- * UTF-8 text without NUL. Else -ENOENT for one it does not take, -EEXIST
- * for one given twice, -EILSEQ for other bytes, with a message saying which
- * in msg. */
+/* When each query argument of conn is one that r takes, given once, as
+ * UTF-8 text without NUL: how many there are (empty pieces, "?&", aside).
+ * Else -ENOENT for one it does not take, -EEXIST for one given twice,
+ * -EILSEQ for other bytes, with a message saying which in msg. */
 int route_check_query(const struct route *r, struct MHD_Connection *conn, char *msg,
                       size_t msglen);
 

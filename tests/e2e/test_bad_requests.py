@@ -199,6 +199,9 @@ class TestBadRequests(DaemonTestCase):
                                 r = d.request("GET", path)
                                 self.assertEqual(r.status, 200, r)
                                 self.assertLessEqual(len(r.json["jobs"]), 1 if "limit" in path else 100)
+                # A JSON batch takes no query argument; "?&" has none.
+                r = d.request("POST", "/v1/batches?&", {"task": "noop", "items": []})
+                self.assertEqual(r.status, 202, r)
 
         def test_ids_are_canonical(self):
                 d = self.daemon

@@ -565,13 +565,16 @@ static const struct {
         { offsetof(struct store_reader, count), count_sql },
         { offsetof(struct store_reader, count_tasks), count_tasks_sql },
         { offsetof(struct store_reader, batch), BATCH_SELECT },
-        /* No check that the batch is sealed: an unsealed batch has no
-         * finished job, and its first job stops the submission walk. */
+        /* Sealed: a batch being deleted is unsealed, its finished jobs
+         * going chunk by chunk, and a stream open on it must see none of
+         * them. The EXISTS is constant, looked up once per page. */
         { offsetof(struct store_reader, results[STORE_ORDER_COMPLETION]),
           "SELECT " JOB_COLUMNS " FROM jobs WHERE batch = ?1 AND seq > ?2 "
+          "  AND EXISTS (SELECT 1 FROM batches WHERE id = ?1 AND sealed = 1) "
           "ORDER BY seq LIMIT ?3" },
         { offsetof(struct store_reader, results[STORE_ORDER_SUBMISSION]),
           "SELECT " JOB_COLUMNS " FROM jobs WHERE batch = ?1 AND id > ?2 "
+          "  AND EXISTS (SELECT 1 FROM batches WHERE id = ?1 AND sealed = 1) "
           "ORDER BY id LIMIT ?3" },
         { offsetof(struct store_reader, pending),
           "SELECT " JOB_COLUMNS " FROM jobs "

@@ -1563,6 +1563,14 @@ static void test_batch_cancel_delete(void **state)
         assert_int_equal(count, WRITER_CHUNK);
         assert_int_equal(store_get_batch(f->reader, b->id, &got), -ENOENT);
         assert_int_equal(store_get_job(f->reader, jobs[BIG_BATCH - 1]->id, &got_job), -ENOENT);
+        for (int order = 0; order < 2; order++) {
+                int64_t n = 0;
+
+                assert_int_equal(store_batch_results(f->reader, b->id, (enum store_order)order, 0,
+                                                     100, count_jobs, &n),
+                                 0);
+                assert_int_equal(n, 0);
+        }
         assert_int_equal(store_count_states(f->reader, counts), 0);
         assert_int_equal(counts[JOB_CANCELLED] + counts[JOB_FAILED] + counts[JOB_SUCCEEDED], 1);
         assert_int_equal(batch_op(f, WOP_BATCH_DELETE, b, NULL), -ENOENT);

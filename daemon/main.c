@@ -171,9 +171,10 @@ static size_t split_words(char *text, char **words)
         return n;
 }
 
-/* The [http] keys as the http task takes them; http_configure() copies
- * what it keeps, so the split lists live on this stack only. */
-static int configure_http(const struct config *c)
+/* The [http] keys as the http task takes them (or, check_only, only
+ * checks them); http_configure() copies what it keeps, so the split lists
+ * live on this stack only. */
+static int configure_http(const struct config *c, bool check_only)
 {
         char allow[sizeof(c->allow)], auth[sizeof(c->auth)], err[256];
         char *prefixes[sizeof(c->allow) / 2 + 1], *pairs[sizeof(c->auth) / 2 + 1];
@@ -200,6 +201,7 @@ static int configure_http(const struct config *c)
                                    .allow = (const char *const *)prefixes,
                                    .auth = hosts,
                                    .n_auth = n,
+                                   .check_only = check_only,
                            },
                            err, sizeof(err));
         if (r < 0)
@@ -207,9 +209,10 @@ static int configure_http(const struct config *c)
         return r;
 }
 
-/* The [commands] and [exec] keys as the exec task takes them. Before the
- * CPU pool starts: it hands them to every worker it spawns. */
-static int configure_exec(const struct config *c)
+/* The [commands] and [exec] keys as the exec task takes them (or, with
+ * check_only, only checks them). Before the CPU pool starts: it hands them
+ * to every worker it spawns. */
+static int configure_exec(const struct config *c, bool check_only)
 {
         struct exec_command commands[CONFIG_COMMANDS_MAX];
         char err[512];
@@ -225,6 +228,7 @@ static int configure_exec(const struct config *c)
                                    .work_dir = c->work_dir,
                                    .environment = c->environment,
                                    .max_output = c->max_output,
+                                   .check_only = check_only,
                            },
                            err, sizeof(err));
         if (r < 0)
@@ -299,6 +303,11 @@ static void reload(int argc, char **argv, struct config *c)
                 log_error("SIGHUP: %s; nothing changed", r < 0 ? err : "nothing to reload");
                 return;
         }
+        /* What the next start would refuse is said now, not at that start
+         * (each check logs its reason). */
+        if (configure_http(&fresh, true) < 0 || configure_exec(&fresh, true) < 0 ||
+            check_openai(&fresh) < 0)
+                log_error("SIGHUP: the next start would refuse this configuration");
         n = config_diff(c, &fresh, changed, sizeof(changed) / sizeof(changed[0]));
         for (size_t i = 0; i < n && i < sizeof(changed) / sizeof(changed[0]); i++)
                 if (strcmp(changed[i], "log_level") != 0 && len < sizeof(list))
@@ -426,10 +435,10 @@ static int run(int argc, char **argv, struct config *c)
         uint64_t watchdog_usec = 0;
         int r;
 
-        r = configure_http(c);
+        r = configure_http(c, false);
         if (r < 0)
                 return r;
-        r = configure_exec(c);
+        r = configure_exec(c, false);
         if (r == 0)
                 r = check_openai(c);
         if (r < 0)

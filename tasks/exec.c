@@ -433,8 +433,11 @@ int exec_configure(const struct exec_options *o, char *err, size_t errlen)
 
                 s.nofile = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : RLIM_INFINITY;
         }
-        settings_free(&settings);
-        settings = s;
+        if (!o->check_only) {
+                settings_free(&settings);
+                settings = s;
+        } else
+                settings_free(&s);
         return 0;
 }
 

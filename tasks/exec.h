@@ -11,6 +11,7 @@
 #ifndef FUTURED_TASK_EXEC_H
 #define FUTURED_TASK_EXEC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 #include <jansson.h>
@@ -35,11 +36,12 @@ struct exec_options {
         /* Soft open-file limit commands run with; 0: the caller's now. The
          * daemon raises its own, which commands must not inherit. */
         unsigned long nofile;
+        bool check_only;                /* checks o, keeps the settings in force */
 };
 
 /* Parses every template and checks the programs and the directory. 0, or
  * -EINVAL with a reason naming the command in err (-ENOMEM likewise). On
- * failure the previous settings stay. */
+ * failure, or with o->check_only, the previous settings stay. */
 int exec_configure(const struct exec_options *o, char *err, size_t errlen);
 
 /* The settings as exec_worker_init() takes them; the caller's, NULL when

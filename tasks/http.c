@@ -944,6 +944,10 @@ int http_configure(const struct http_options *o, char *err, size_t errlen)
         }
         if (r < 0)
                 goto fail;
+        if (o->check_only) {
+                settings_free(&s);
+                return 0;
+        }
 done:
         settings_free(&settings);
         settings = s;

@@ -7,6 +7,7 @@
 #ifndef FUTURED_TASK_HTTP_H
 #define FUTURED_TASK_HTTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define HTTP_MAX_RESPONSE_DEFAULT (16u << 20)
@@ -25,6 +26,7 @@ struct http_options {
         const char *const *allow;
         const struct http_auth *auth;
         size_t n_auth;
+        bool check_only;                /* checks o (files read), keeps the settings in force */
 };
 
 /* curl_global_init() and the per-thread handles' key: 0, -EIO or
@@ -36,7 +38,8 @@ void http_global_cleanup(void);
 
 /* Copies o (NULL: the defaults) and reads the auth files. 0; -EINVAL with a
  * reason in err for a bad prefix, host or file content; -errno when a file
- * cannot be read. On failure the previous settings stay. */
+ * cannot be read. On failure, or with o->check_only, the previous settings
+ * stay. */
 int http_configure(const struct http_options *o, char *err, size_t errlen);
 
 #endif

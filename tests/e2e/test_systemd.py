@@ -514,6 +514,14 @@ class TestSystemd(unittest.TestCase):
                 d.send_signal(signal.SIGHUP)
                 poll_until(lambda: "default_timeout, max_pending changed and need a restart" in text(), 5,
                            "the warning said under warning, not error")
+                # A file the next start would refuse is said so now.
+                with open(conf, "w") as f:
+                        f.write("[log]\nlog_level = error\n[jobs]\nmax_pending = 5000\ndefault_timeout = 7\n"
+                                "[commands]\ngone = /nonexistent/program {x}\n")
+                d.send_signal(signal.SIGHUP)
+                poll_until(lambda: "the next start would refuse this configuration" in text(), 5,
+                           "the set-up checks run on reload")
+                self.assertIn("/nonexistent/program", text())
                 self.assertTrue(d.running())
                 self.assertEqual(d.request("GET", "/healthz").status, 200)
 

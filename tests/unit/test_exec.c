@@ -185,6 +185,15 @@ static void test_bad_settings(void **state)
         assert_non_null(strstr(err, "work_dir"));
         assert_int_equal(exec_configure(&(struct exec_options){ .work_dir = "relative" },
                                         err, sizeof(err)), -EINVAL);
+        /* A check (a reload's) says the same and changes nothing, good or
+         * bad: the configured commands still run. */
+        assert_int_equal(exec_configure(&(struct exec_options){ .commands = two, .n_commands = 2,
+                                                                .check_only = true },
+                                        err, sizeof(err)), -EINVAL);
+        assert_int_equal(exec_configure(&(struct exec_options){ .commands = two, .n_commands = 1,
+                                                                .check_only = true },
+                                        err, sizeof(err)), 0);
+        json_decref(run_ok("{\"command\": \"cat\", \"stdin\": \"still configured\"}"));
 }
 
 static void assert_invalid(const char *args, const char *why)

@@ -1064,6 +1064,8 @@ static void test_default_authorization(void **state)
 static void test_configure_refusals(void **state)
 {
         const char *const bad_allow[] = { "ftp://x/", NULL };
+        const char *const only[] = { "http://example.invalid/", NULL };
+        json_t *args;
         const struct http_auth missing = { .host = "h", .file = "/nonexistent/key" };
         struct http_options o = { .allow = bad_allow };
         char err[256];
@@ -1073,7 +1075,17 @@ static void test_configure_refusals(void **state)
         o = (struct http_options) { .auth = &missing, .n_auth = 1 };
         assert_int_equal(http_configure(&o, err, sizeof(err)), -ENOENT);
         assert_non_null(strstr(err, "/nonexistent/key"));
+        o.check_only = true;
+        assert_int_equal(http_configure(&o, err, sizeof(err)), -ENOENT);
         configure(NULL, NULL, 0);
+
+        /* A good check (a reload's) changes nothing either: any URL still
+         * goes. */
+        o = (struct http_options) { .allow = only, .check_only = true };
+        assert_int_equal(http_configure(&o, err, sizeof(err)), 0);
+        args = json_pack("{s:s}", "url", url("/x"));
+        assert_int_equal(srv.task->validate(args, err, sizeof(err)), 0);
+        json_decref(args);
 }
 
 /* An auth host is compared with a job's host, which has no port: one with

@@ -95,6 +95,32 @@ static enum MHD_Result refuse_unauthorized(struct request *req, bool sent)
                                      : "send Authorization: Bearer <token>");
 }
 
+struct header_count {
+        const char *name;
+        unsigned n;
+};
+
+static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+        struct header_count *c = cls;
+
+        (void)kind;
+        (void)value;
+        if (strcasecmp(key, c->name) == 0)
+                c->n++;
+        return MHD_YES;
+}
+
+/* How many times the request carries the header name. */
+static unsigned header_count(struct request *req, const char *name)
+{
+        struct header_count c = { .name = name };
+
+        MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_header, &c);
+        return c.n;
+}
+
 enum MHD_Result request_begin(struct request *req, const char *url, const char *method)
 {
         struct api *a = req->api;
@@ -113,6 +139,11 @@ enum MHD_Result request_begin(struct request *req, const char *url, const char *
         if (a->auth && (r < 0 || !(req->route->flags & ROUTE_OPEN))) {
                 authorization = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
                                                             MHD_HTTP_HEADER_AUTHORIZATION);
+                /* Not a list header: a second one (a proxy's, say) would
+                 * leave which of them counts to the order. */
+                if (header_count(req, MHD_HTTP_HEADER_AUTHORIZATION) > 1)
+                        return reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_request",
+                                           "more than one Authorization header");
                 if (!auth_check(a->auth, authorization))
                         return refuse_unauthorized(req, auth_is_bearer(authorization));
         }

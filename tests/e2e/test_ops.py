@@ -391,6 +391,23 @@ class AuthTest(DaemonTestCase):
                                 r = d.request("GET", "/v1/tasks", headers={"Authorization": value})
                                 self.assertUnauthorized(r, invalid)
 
+        def test_two_authorization_headers(self):
+                # Which of two would count is left to their order: refused,
+                # even when both are good.
+                d = self.daemon
+                conn = http.client.HTTPConnection(HOST, d.port, timeout=10)
+                try:
+                        conn.putrequest("GET", "/v1/tasks")
+                        conn.putheader("Authorization", "Bearer " + TOKENS[0])
+                        conn.putheader("Authorization", "Bearer " + TOKENS[1])
+                        conn.endheaders()
+                        r = conn.getresponse()
+                        body = json.loads(r.read())
+                finally:
+                        conn.close()
+                self.assertEqual(r.status, 400)
+                self.assertEqual(body["error"]["code"], "invalid_request")
+
         def test_submission_refused_before_body(self):
                 d = self.daemon
                 auth = {"Authorization": "Bearer " + TOKENS[0]}

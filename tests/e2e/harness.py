@@ -150,6 +150,21 @@ class Client:
                         return resp
 
 
+def server_rx_queue(server_port, client_port):
+        """Bytes the daemon has not read yet on the connection from
+        client_port, or None while the kernel shows no such socket."""
+        want_local = "%04X" % server_port
+        want_remote = "%04X" % client_port
+        with open("/proc/net/tcp") as f:
+                next(f)
+                for line in f:
+                        fields = line.split()
+                        local, remote = fields[1], fields[2]
+                        if local.endswith(":" + want_local) and remote.endswith(":" + want_remote):
+                                return int(fields[4].split(":")[1], 16)
+        return None
+
+
 class Daemon:
         """One futured process on a fixed port and database across restarts."""
 
@@ -239,6 +254,20 @@ class Daemon:
                                              % (rc, signal.Signals(sig).name, self.log_tail()))
                 self.check_log()
                 return took
+
+        def finish(self):
+                """At the end of a test: stops the daemon (exit code 0
+                asserted); one that is gone already died on its own, which
+                fails the test whatever its assertions said."""
+                if self.proc is None:
+                        return
+                if self.running():
+                        self.stop()
+                        return
+                self.failed = True
+                self.check_log()
+                raise AssertionError("futured had already exited with %r\n%s"
+                                     % (self.proc.returncode, self.log_tail()))
 
         def wait_exit(self, timeout):
                 import subprocess
@@ -351,7 +380,7 @@ class Daemon:
 
         def job_counts(self):
                 jobs = self.stats()["jobs"]
-                return {s: int(jobs.get(s, 0)) for s in STATES}
+                return {s: int(jobs[s]) for s in STATES}
 
         def list_all(self, query="", limit=100):
                 """Walks every page; returns the jobs in the order given."""
@@ -872,8 +901,8 @@ class DaemonTestCase(unittest.TestCase):
         @classmethod
         def tearDownClass(cls):
                 d = cls.daemon
-                if d is not None and d.running():
-                        d.stop()
+                if d is not None:
+                        d.finish()
 
         def assertIdle(self, timeout=30):
                 """Waits until the daemon holds no pending or running job: a

@@ -14,22 +14,7 @@ import time
 import unittest
 
 import harness
-from harness import HOST, Daemon, poll_until, proc_alive, proc_cpu_ticks
-
-
-def server_rx_queue(server_port, client_port):
-        """Bytes the daemon has not read yet on the connection from
-        client_port, or None while the kernel shows no such socket."""
-        want_local = "%04X" % server_port
-        want_remote = "%04X" % client_port
-        with open("/proc/net/tcp") as f:
-                next(f)
-                for line in f:
-                        fields = line.split()
-                        local, remote = fields[1], fields[2]
-                        if local.endswith(":" + want_local) and remote.endswith(":" + want_remote):
-                                return int(fields[4].split(":")[1], 16)
-        return None
+from harness import HOST, Daemon, poll_until, proc_alive, proc_cpu_ticks, server_rx_queue
 
 
 class LongPoll:
@@ -159,7 +144,9 @@ class TestShutdown(unittest.TestCase):
                 j = d.wait(j["id"], timeout=20)
                 self.assertEqual(j["state"], "succeeded", j)
                 self.assertEqual(j["attempts"], 2, "the crash-like stop counts the attempt: %r" % (j,))
-                self.assertLess(took, 30)
+                # The drain's DRAIN_OPS_WAIT (5 s), then the writer's last
+                # try at the lock (STORE_BUSY_TIMEOUT_MS, 5 s).
+                self.assertLess(took, 20)
 
         def test_signals_to_the_process_group(self):
                 """A reload or stop sent to the daemon's whole process group
@@ -180,7 +167,7 @@ class TestShutdown(unittest.TestCase):
                 os.killpg(d.proc.pid, signal.SIGTERM)
                 self.assertEqual(d.wait_exit(10), 0, d.log_tail())
                 self.assertLess(time.monotonic() - t0, 5.0)
-                self.assertNotIn("crashed", d.log_tail())
+                self.assertNotIn("killed by signal", d.log_tail())
                 d.restart()
                 j = d.job(j["id"])
                 self.assertIn(j["state"], ("pending", "running"), "a requeued cpu job: %r" % (j,))

@@ -261,8 +261,10 @@ class TestSystemd(unittest.TestCase):
                 unix.listen(16)
                 d.start()
                 jid = d.submit(sleep_job(0.5))["id"]
+                t0 = time.monotonic()
                 status, job = unix_request(path, "GET", "/v1/jobs/%s?wait=10" % jid)
                 self.assertEqual((status, job["state"]), (200, "succeeded"), job)
+                self.assertLess(time.monotonic() - t0, 5, "the long-poll ran to its deadline, not the job's end")
                 self.assertEqual(d.log_text().count("<5>listening on"), 2, d.log_tail())
 
                 # Pings every 0.25 s, each probing both sockets' daemons.
@@ -452,7 +454,11 @@ class TestSystemd(unittest.TestCase):
                         c = http.client.HTTPConnection(HOST, d.port, timeout=30)
                         c.request("GET", "/v1/jobs/%s?wait=60" % jid)
                         polls.append(c)
-                time.sleep(0.3)         # the long-polls and the stream are suspended now
+                # The long-polls are read, so suspended, before the signal.
+                for c in polls:
+                        port = c.sock.getsockname()[1]
+                        poll_until(lambda: harness.server_rx_queue(d.port, port) == 0, 5,
+                                   "the daemon to read the long-poll request")
 
                 t0 = time.monotonic()
                 d.proc.send_signal(signal.SIGTERM)

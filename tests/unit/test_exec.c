@@ -471,6 +471,20 @@ static void test_stop(void **state)
         assert_int_equal(group_current, 0);
         close(sv[0]);
         close(sv[1]);
+
+        /* A hang-up, as when the daemon is gone, stops it too. */
+        dump = exec_settings_dump();
+        assert_non_null(dump);
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        assert_int_equal(exec_worker_init(dump, sv[0], record_group, msg, sizeof(msg)), 0);
+        json_decref(dump);
+        close(sv[1]);
+        t0 = task_monotonic();
+        assert_int_equal(run("{\"command\": \"sh\", \"script\": \"exec /bin/sleep 60\"}", 30, &detail,
+                             &err), -EIO);
+        assert_string_equal(err.type, "cancelled");
+        assert_true(task_monotonic() - t0 < 2.0);
+        close(sv[0]);
         exec_cleanup();
         configure();
 }

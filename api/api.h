@@ -17,15 +17,10 @@ struct metrics;
 struct store_reader;
 
 /* One libmicrohttpd daemon per listening socket; everything else is shared. */
-struct api_daemon {
-        struct MHD_Daemon *mhd;
-        int quiesced_fd;                /* the listen socket MHD gave back; closed after stop */
-};
-
 struct api {
         struct api_options o;           /* listen_fds cleared: given to the daemons */
         struct api_deps d;
-        struct api_daemon *daemons;     /* owned; n_daemons of them started */
+        struct MHD_Daemon **daemons;    /* owned; n_daemons of them started */
         size_t n_daemons;
         struct hub *hub;
         struct metrics *metrics;

@@ -8,9 +8,9 @@
  * - a suspended connection is resumed exactly once, by whatever it waits
  *   for (a commit, a hub waiter), and the answer is queued on MHD's thread
  *   when the handler runs again;
- * - MHD_stop_daemon() only runs once no connection is suspended: quiesce
- *   fires every hub waiter, and the writer (still running) resumes the
- *   submissions and deletes it holds;
+ * - MHD_stop_daemon() only runs once no connection is suspended:
+ *   api_quiesce() fires every hub waiter, and the writer (still running)
+ *   resumes the submissions and deletes it holds;
  * - the tokens file and the TLS files are read once, at start: a missing or
  *   bad one stops the start rather than serve without what was asked;
  * - every listening socket has its own MHD daemon (MHD takes one listen
@@ -387,7 +387,7 @@ fail:
 
 /* The daemon serving listening socket fd, which MHD owns from here on,
  * started or not. */
-static int daemon_start(struct api *a, int fd, struct api_daemon *ret)
+static int daemon_start(struct api *a, int fd, struct MHD_Daemon **ret)
 {
         /* Empty, or the certificate and key: MHD_OPTION_ARRAY takes either. */
         struct MHD_OptionItem tls[3] = { { MHD_OPTION_END, 0, NULL } };
@@ -415,7 +415,7 @@ static int daemon_start(struct api *a, int fd, struct api_daemon *ret)
         /* MHD logged why; it disposed of the socket it was given. */
         if (!mhd)
                 return -EIO;
-        *ret = (struct api_daemon) { .mhd = mhd, .quiesced_fd = -1 };
+        *ret = mhd;
         return 0;
 }
 
@@ -556,28 +556,20 @@ int api_probe(struct api *a, double timeout)
         if (atomic_load(&a->stopping))
                 r = -ESHUTDOWN;
         for (size_t i = 0; r == 0 && i < a->n_daemons; i++)
-                r = probe_daemon(a, a->daemons[i].mhd, deadline);
+                r = probe_daemon(a, a->daemons[i], deadline);
         pthread_mutex_unlock(&a->probe_lock);
         return r;
 }
 
+/* The servers keep accepting connections until they stop, and answer
+ * every new request 503 shutting_down meanwhile. Not MHD_quiesce_daemon():
+ * on an epoll thread pool it races with the pool's own removal of the
+ * listening socket from its epoll set, and MHD aborts the process when
+ * it loses ("Failed to remove listen FD from epoll set", MHD 0.9.75). */
 void api_quiesce(struct api *a)
 {
         if (!a || atomic_exchange(&a->stopping, true))
                 return;
-        for (size_t i = 0; i < a->n_daemons; i++) {
-                struct api_daemon *ad = &a->daemons[i];
-                MHD_socket fd = MHD_quiesce_daemon(ad->mhd);
-
-                if (fd == MHD_INVALID_SOCKET)
-                        continue;
-                /* MHD's threads may still hold the fd, so it is closed only
-                 * after MHD_stop_daemon(); shutting it down now refuses new
-                 * clients at once instead of leaving them in the backlog. */
-                ad->quiesced_fd = fd;
-                if (shutdown(fd, SHUT_RDWR) < 0)
-                        log_debug("http: shutdown of the listening socket: %m");
-        }
         hub_stop(a->hub);
 }
 
@@ -615,10 +607,7 @@ void api_stop(struct api *a)
                           left, API_STOP_WAIT);
                 return;
         }
-        for (size_t i = 0; i < a->n_daemons; i++) {
-                MHD_stop_daemon(a->daemons[i].mhd);
-                if (a->daemons[i].quiesced_fd >= 0)
-                        close(a->daemons[i].quiesced_fd);
-        }
+        for (size_t i = 0; i < a->n_daemons; i++)
+                MHD_stop_daemon(a->daemons[i]);
         api_free(a);
 }

@@ -60,7 +60,9 @@ void api_job_finished(int64_t id, int64_t batch, void *api);
  * 0, -ETIMEDOUT, -ESHUTDOWN once quiesced, or another negative errno.
  * Any thread; probes from several threads take turns. */
 int api_probe(struct api *a, double timeout);
-/* Stops accepting connections and answers every suspended request now. */
+/* From now on every new request is answered 503 shutting_down (the
+ * servers accept connections until api_stop()); every suspended request is
+ * answered now. */
 void api_quiesce(struct api *a);
 /* Closes every connection and frees. Accepts NULL. */
 void api_stop(struct api *a);

@@ -244,6 +244,20 @@ static void bind_job(sqlite3_stmt *st, int base, const struct job *j, int *rc)
         store_bind_int64(st, base + 12, j->ready_at, rc);
 }
 
+/* Runs st, whose binds gave rc, for one row: 1 with the row's first
+ * column in *ret, 0 when there is none, or a store failure. */
+static int step_row_int64(sqlite3_stmt *st, int rc, int64_t *ret)
+{
+        if (rc == SQLITE_OK)
+                rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+                *ret = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+        if (rc == SQLITE_ROW)
+                return 1;
+        return rc == SQLITE_DONE ? 0 : store_errno(rc);
+}
+
 /* 1 with the id of the job that holds key in *ret, 0 when none does, or a
  * store failure. This connection sees inserts earlier in its own
  * transaction too. */
@@ -253,14 +267,7 @@ static int key_owner(struct writer *w, const char *key, int64_t *ret)
         int rc = SQLITE_OK;
 
         store_bind_text(st, 1, key, &rc);
-        if (rc == SQLITE_OK)
-                rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW)
-                *ret = sqlite3_column_int64(st, 0);
-        sqlite3_reset(st);
-        if (rc == SQLITE_ROW)
-                return 1;
-        return rc == SQLITE_DONE ? 0 : store_errno(rc);
+        return step_row_int64(st, rc, ret);
 }
 
 /* A taken key is looked up before the insert, not found by its conflict:
@@ -735,17 +742,8 @@ static int apply_batch_cancel(struct writer *w, struct wop *op)
 static int oldest_finished_batch(struct writer *w, int64_t cutoff, int64_t *ret)
 {
         sqlite3_stmt *st = w->st[ST_PURGE_OLDEST];
-        int rc;
 
-        rc = sqlite3_bind_int64(st, 1, cutoff);
-        if (rc == SQLITE_OK)
-                rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW)
-                *ret = sqlite3_column_int64(st, 0);
-        sqlite3_reset(st);
-        if (rc == SQLITE_ROW)
-                return 1;
-        return rc == SQLITE_DONE ? 0 : store_errno(rc);
+        return step_row_int64(st, sqlite3_bind_int64(st, 1, cutoff), ret);
 }
 
 /* Standalone jobs first, then whole batches, WRITER_CHUNK jobs in all. A

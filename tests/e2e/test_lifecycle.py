@@ -297,33 +297,22 @@ class TestStartup(unittest.TestCase):
                         text = os.path.join(tmp, "text.db")
                         with open(text, "wb") as f:
                                 f.write(b"not a database, only some text long enough for a header\n" * 4)
-                        newer = os.path.join(tmp, "newer.db")
-                        db = sqlite3.connect(newer)
-                        db.execute("PRAGMA user_version = 999")
-                        db.execute("PRAGMA application_id = %d" % 0x46555452)
-                        db.execute("CREATE TABLE t (a)")
-                        db.commit()
-                        db.close()
-                        other = os.path.join(tmp, "other.db")
-                        db = sqlite3.connect(other)
-                        db.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT)")
-                        db.commit()
-                        db.close()
+                        def database(name, *statements):
+                                path = os.path.join(tmp, name)
+                                db = sqlite3.connect(path)
+                                for sql in statements:
+                                        db.execute(sql)
+                                db.commit()
+                                db.close()
+                                return path
+                        newer = database("newer.db", "PRAGMA user_version = 999",
+                                         "PRAGMA application_id = %d" % 0x46555452, "CREATE TABLE t (a)")
+                        other = database("other.db", "CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT)")
                         # user_version 2 as futured's was, without its tables;
                         # and one with a jobs table but another program's id
-                        other_v2 = os.path.join(tmp, "other2.db")
-                        db = sqlite3.connect(other_v2)
-                        db.execute("PRAGMA user_version = 2")
-                        db.execute("CREATE TABLE t (a)")
-                        db.commit()
-                        db.close()
-                        other_id = os.path.join(tmp, "other_id.db")
-                        db = sqlite3.connect(other_id)
-                        db.execute("PRAGMA user_version = 3")
-                        db.execute("PRAGMA application_id = 7")
-                        db.execute("CREATE TABLE jobs (a)")
-                        db.commit()
-                        db.close()
+                        other_v2 = database("other2.db", "PRAGMA user_version = 2", "CREATE TABLE t (a)")
+                        other_id = database("other_id.db", "PRAGMA user_version = 3", "PRAGMA application_id = 7",
+                                            "CREATE TABLE jobs (a)")
                         fifo = os.path.join(tmp, "fifo.db")
                         os.mkfifo(fifo)
                         for path, says in ((text, b"not a futured database"),

@@ -253,6 +253,19 @@ static int check_openai(const struct config *c)
         return 0;
 }
 
+/* The tasks' settings from c, applied or, with check_only, only checked;
+ * each check logs its reason. The start and a reload run the same ones. */
+static int configure_tasks(const struct config *c, bool check_only)
+{
+        int r = configure_http(c, check_only);
+
+        if (r == 0)
+                r = configure_exec(c, check_only);
+        if (r == 0)
+                r = check_openai(c);
+        return r;
+}
+
 /* The sockets systemd passed, or else the one of c->listen: their count in
  * *ret_n, fds[0..n) the caller's. */
 static int open_listeners(const struct config *c, int fds[static LISTEN_MAX], size_t *ret_n)
@@ -271,11 +284,13 @@ static int open_listeners(const struct config *c, int fds[static LISTEN_MAX], si
                          c->listen);
         } else {
                 r = listen_open(c->listen, &fds[0]);
-                if (r == -EINVAL)
+                if (r == -EINVAL) {
                         log_error("cannot listen on %s: not HOST:PORT, [IPV6]:PORT (port 0 to "
                                   "65535) or unix:PATH (at most 107 bytes)", c->listen);
+                        return r;
+                }
                 if (r < 0)
-                        return r == -EINVAL ? r : log_errno(LOG_ERR, r, "cannot listen on %s", c->listen);
+                        return log_errno(LOG_ERR, r, "cannot listen on %s", c->listen);
                 r = 1;
         }
         for (int i = 0; i < r; i++) {
@@ -303,10 +318,8 @@ static void reload(int argc, char **argv, struct config *c)
                 log_error("SIGHUP: %s; nothing changed", r < 0 ? err : "nothing to reload");
                 return;
         }
-        /* What the next start would refuse is said now, not at that start
-         * (each check logs its reason). */
-        if (configure_http(&fresh, true) < 0 || configure_exec(&fresh, true) < 0 ||
-            check_openai(&fresh) < 0)
+        /* What the next start would refuse is said now, not at that start. */
+        if (configure_tasks(&fresh, true) < 0)
                 log_error("SIGHUP: the next start would refuse this configuration");
         n = config_diff(c, &fresh, changed, sizeof(changed) / sizeof(changed[0]));
         for (size_t i = 0; i < n && i < sizeof(changed) / sizeof(changed[0]); i++)
@@ -435,12 +448,7 @@ static int run(int argc, char **argv, struct config *c)
         uint64_t watchdog_usec = 0;
         int r;
 
-        r = configure_http(c, false);
-        if (r < 0)
-                return r;
-        r = configure_exec(c, false);
-        if (r == 0)
-                r = check_openai(c);
+        r = configure_tasks(c, false);
         if (r < 0)
                 return r;
         /* After configure_exec(), which keeps the limit commands run with. */

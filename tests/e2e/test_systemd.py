@@ -205,6 +205,14 @@ def sleep_job(seconds, **kw):
 
 
 class TestSystemd(unittest.TestCase):
+        def assertRefusesToStart(self, d, says):
+                """d never gets ready: it exits 1, saying says."""
+                with self.assertRaises(AssertionError):
+                        d.start(timeout=3)
+                self.assertEqual(d.wait_exit(5), 1)
+                self.assertIn(says, d.log_text())
+                d.failed = False
+
         def tearDown(self):
                 d = getattr(self, "d", None)
                 if d is not None and d.running():
@@ -294,20 +302,12 @@ class TestSystemd(unittest.TestCase):
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)     # bound, not listening
                 s.bind((HOST, 0))
                 self.socks = [s]
-                d = SystemdDaemon(listen_socks=self.socks, io_threads=1, cpu_workers=1)
-                with self.assertRaises(AssertionError):
-                        d.start(timeout=3)
-                self.assertEqual(d.wait_exit(5), 1)
-                self.assertIn("not a listening TCP or Unix stream socket", d.log_text())
-                d.failed = False
+                self.assertRefusesToStart(SystemdDaemon(listen_socks=self.socks, io_threads=1, cpu_workers=1),
+                                          "not a listening TCP or Unix stream socket")
 
         def test_watchdog_interval_too_short(self):
-                d = SystemdDaemon(watchdog_usec=1000, io_threads=1, cpu_workers=1)
-                with self.assertRaises(AssertionError):
-                        d.start(timeout=3)
-                self.assertEqual(d.wait_exit(5), 1)
-                self.assertIn("WATCHDOG_USEC=1000 is below 200 ms", d.log_text())
-                d.failed = False
+                self.assertRefusesToStart(SystemdDaemon(watchdog_usec=1000, io_threads=1, cpu_workers=1),
+                                          "WATCHDOG_USEC=1000 is below 200 ms")
 
         def test_stderr_closed(self):
                 """Started with stderr closed and its socket inherited as fd
